@@ -1,0 +1,72 @@
+"""celery_flow: durable workflows for the Celery apps people already run.
+
+Public API only; everything else lives in ``_private`` modules. The export
+list is frozen by ``tests/unit/test_public_api.py``.
+"""
+
+from ._context import Context, Steps
+from ._definitions import Cron, Retries
+from ._engine import FailureContext
+from ._flow import Flow
+from ._handle import RunHandle
+from ._models import ErrorInfo, ProgressInfo, RunInfo, RunPage, StepInfo
+from ._workflow import Workflow
+from .errors import (
+    ChildRunFailed,
+    ConfigurationError,
+    DuplicateStepError,
+    EventTimeout,
+    FlowConnectionError,
+    FlowError,
+    InputValidationError,
+    MapFailed,
+    NonRetriableError,
+    OutputSerializationError,
+    PayloadTooLargeError,
+    RunCanceled,
+    RunFailed,
+    RunNotFound,
+    RunStateError,
+    RunTimeout,
+    StepTimeout,
+    WorkflowDefinitionError,
+    WorkflowNotFound,
+)
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "ChildRunFailed",
+    "ConfigurationError",
+    "Context",
+    "Cron",
+    "DuplicateStepError",
+    "ErrorInfo",
+    "EventTimeout",
+    "FailureContext",
+    "Flow",
+    "FlowConnectionError",
+    "FlowError",
+    "InputValidationError",
+    "MapFailed",
+    "NonRetriableError",
+    "OutputSerializationError",
+    "PayloadTooLargeError",
+    "ProgressInfo",
+    "Retries",
+    "RunCanceled",
+    "RunFailed",
+    "RunHandle",
+    "RunInfo",
+    "RunNotFound",
+    "RunPage",
+    "RunStateError",
+    "RunTimeout",
+    "StepInfo",
+    "StepTimeout",
+    "Steps",
+    "Workflow",
+    "WorkflowDefinitionError",
+    "WorkflowNotFound",
+    "__version__",
+]

@@ -1,0 +1,494 @@
+"""Flow: the extension object that binds a Celery app to celery_flow's Redis state."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import secrets
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
+from typing import Any, TypeVar, overload
+
+import celery
+
+from . import _serde
+from ._bootsteps import install_worker_step
+from ._definitions import (
+    Cron,
+    Retries,
+    check_max_concurrency,
+    check_name,
+    parse_rate,
+    to_seconds,
+)
+from ._engine import FailureContext, execute
+from ._handle import RunHandle, _not_found
+from ._keys import STATUSES
+from ._lease import Heartbeat
+from ._maintenance import Maintenance
+from ._models import RunInfo, RunPage, run_info_from_hash
+from ._store import Store, redact
+from ._workflow import Workflow, infer_schema
+from .errors import (
+    ConfigurationError,
+    RunNotFound,
+    WorkflowDefinitionError,
+    WorkflowNotFound,
+)
+
+R = TypeVar("R")
+_UNSET: Any = object()
+REGISTRY_GRACE_MS = 30_000
+PURGE_GRACE_MS = 15 * 60_000
+
+
+class Flow:
+    """Durable workflows on a Celery app; state lives in Redis.
+
+    Args:
+        app: the Celery app whose workers execute the runs.
+        redis_url: Redis for run state. Default: ``app.conf.flow_redis_url``, then the
+            ``CELERY_FLOW_REDIS_URL`` environment variable, then the broker URL when it is
+            ``redis://``, ``rediss://`` or ``redis+socket://``.
+        prefix: every key starts with it; two prefixes never see each other.
+        app_id: ownership scope for registry stale cleanup (default: ``app.main``).
+        lease_seconds: run lease TTL; a crashed worker's run is recovered after it.
+        retention: terminal runs (and their steps) are deleted after this.
+        webhook_secret: HMAC key for outgoing webhooks and URL steps.
+        max_payload_bytes: largest JSON input / output / step result accepted.
+        republish_after: seconds after which a queued run whose message never started it is
+            published again (lost publish, broker restart). Duplicates are harmless no-ops.
+
+    Example:
+        >>> app = Celery("proj", broker="redis://127.0.0.1:6379/0")
+        >>> flow = Flow(app)
+        >>> @flow.workflow()
+        ... def greet(ctx, name: str) -> str:
+        ...     return ctx.step.run("hello", lambda: f"hello {name}")
+    """
+
+    def __init__(
+        self,
+        app: celery.Celery,
+        *,
+        redis_url: str | None = None,
+        prefix: str = "celery_flow",
+        app_id: str | None = None,
+        lease_seconds: float = 10.0,
+        retention: timedelta = timedelta(days=7),
+        webhook_secret: str | None = None,
+        max_payload_bytes: int = 1 << 20,
+        republish_after: float = 300.0,
+    ) -> None:
+        check_name(prefix, what="Flow prefix")
+        if not isinstance(lease_seconds, int | float) or lease_seconds < 0.3:
+            raise ConfigurationError(f"lease_seconds={lease_seconds!r}: must be a number >= 0.3")
+        if not isinstance(retention, timedelta) or retention.total_seconds() <= 0:
+            raise ConfigurationError(f"retention={retention!r}: must be a positive timedelta")
+        self.app = app
+        self.prefix = prefix
+        self._redis_url = redis_url
+        self._app_id = app_id
+        self.lease_seconds = float(lease_seconds)
+        self.lease_ms = int(lease_seconds * 1000)
+        self.retention = retention
+        self.retention_ms = int(retention.total_seconds() * 1000)
+        # Terminal runs carry a TTL of retention + grace as a safety net; the maintenance purge
+        # deletes them (and their index entries, which need the run's hash) at retention.
+        self.expire_ms = self.retention_ms + PURGE_GRACE_MS
+        self.webhook_secret = webhook_secret
+        self.max_payload_bytes = max_payload_bytes
+        self.republish_after = republish_after
+        self._registry: dict[str, Workflow[Any]] = {}
+        self._store: Store | None = None
+        self._store_lock = threading.Lock()
+        self.heartbeat = Heartbeat(self.lease_ms)
+        self.maintenance = Maintenance(self)
+        install_worker_step(self)
+        app.celery_flow = self  # lets the CLI and tooling find the Flow of an app
+
+    # -- configuration ------------------------------------------------------------------------
+
+    @property
+    def app_id(self) -> str:
+        return self._app_id or self.app.main or "default"
+
+    @property
+    def redis_url(self) -> str:
+        """The Redis URL in use (resolved on first use, so app config may come later)."""
+        if self._redis_url:
+            return self._redis_url
+        conf = self.app.conf
+        url = conf.get("flow_redis_url") or os.environ.get("CELERY_FLOW_REDIS_URL")
+        broker = conf.broker_url
+        if not url and isinstance(broker, str):
+            if broker.startswith(("redis://", "rediss://", "unix://")):
+                url = broker
+            elif broker.startswith("redis+socket://"):
+                url = "unix://" + broker[len("redis+socket://"):]
+        if not url:
+            raise ConfigurationError(
+                f"celery_flow needs Redis for run state, and the broker ({redact(str(broker))}) "
+                "is not Redis: pass Flow(app, redis_url='redis://host:6379/0'), or set "
+                "app.conf.flow_redis_url or the CELERY_FLOW_REDIS_URL environment variable."
+            )
+        self._redis_url = url
+        return url
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            with self._store_lock:
+                if self._store is None:
+                    self._store = Store(self.redis_url, self.prefix)
+        return self._store
+
+    # -- definitions --------------------------------------------------------------------------
+
+    @overload
+    def workflow(self, fn: Callable[..., R]) -> Workflow[R]: ...
+
+    @overload
+    def workflow(
+        self,
+        fn: None = None,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        max_concurrency: int | None = None,
+        rate_limit: str | None = None,
+        limit_key: str | Callable[[Any], str] | None = None,
+        retries: Retries | None = None,
+        timeout: timedelta | float | None = None,
+        cron: Cron | list[Cron] | tuple[Cron, ...] | None = None,
+        schema: Any = _UNSET,
+        on_failure: Callable[[FailureContext], Any] | None = None,
+    ) -> Callable[[Callable[..., R]], Workflow[R]]: ...
+
+    def workflow(
+        self,
+        fn: Callable[..., R] | None = None,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        max_concurrency: int | None = None,
+        rate_limit: str | None = None,
+        limit_key: str | Callable[[Any], str] | None = None,
+        retries: Retries | None = None,
+        timeout: timedelta | float | None = None,
+        cron: Cron | list[Cron] | tuple[Cron, ...] | None = None,
+        schema: Any = _UNSET,
+        on_failure: Callable[[FailureContext], Any] | None = None,
+    ) -> Workflow[R] | Callable[[Callable[..., R]], Workflow[R]]:
+        """Register ``def handler(ctx, input)`` as a durable workflow (see API.md section 2).
+
+        Every argument is validated here, so a mistake fails at import time. The workflow gets
+        one Celery task, ``celery_flow.<name>``, routed to ``queue``.
+
+        Example:
+            >>> @flow.workflow(name="process-order", retries=Retries(max_attempts=3))
+            ... def process_order(ctx, order: OrderIn) -> dict:
+            ...     return ctx.step.run("charge", charge, order.order_id)
+        """
+
+        def decorate(f: Callable[..., R]) -> Workflow[R]:
+            return self._register(
+                f, name=name, queue=queue, max_concurrency=max_concurrency,
+                rate_limit=rate_limit, limit_key=limit_key, retries=retries, timeout=timeout,
+                cron=cron, schema=schema, on_failure=on_failure,
+            )
+
+        return decorate(fn) if fn is not None else decorate
+
+    def _register(self, fn: Callable[..., R], **opts: Any) -> Workflow[R]:
+        if not callable(fn):
+            raise WorkflowDefinitionError(f"@flow.workflow must decorate a function, got {fn!r}")
+        name = check_name(opts["name"] or fn.__name__.replace("_", "-"))
+        if name in self._registry:
+            raise WorkflowDefinitionError(
+                f"workflow {name!r} is already registered (by {self._registry[name].fn!r}); "
+                "give one of them another name=."
+            )
+        retries = opts["retries"] if opts["retries"] is not None else Retries()
+        if not isinstance(retries, Retries):
+            raise WorkflowDefinitionError(f"workflow {name!r}: retries= must be a Retries(...)")
+        cron = opts["cron"] or ()
+        cron = (cron,) if isinstance(cron, Cron) else tuple(cron)
+        if not all(isinstance(c, Cron) for c in cron):
+            raise WorkflowDefinitionError(f"workflow {name!r}: cron= takes Cron(...) objects")
+        queue = opts["queue"]
+        if queue is not None and (not isinstance(queue, str) or not queue):
+            raise WorkflowDefinitionError(f"workflow {name!r}: queue= must be a non-empty string")
+        on_failure = opts["on_failure"]
+        if on_failure is not None and not callable(on_failure):
+            raise WorkflowDefinitionError(f"workflow {name!r}: on_failure= must be callable")
+        limit_key = opts["limit_key"]
+        if limit_key is not None and not (isinstance(limit_key, str) or callable(limit_key)):
+            raise WorkflowDefinitionError(
+                f"workflow {name!r}: limit_key= must be a string or a callable(input) -> str"
+            )
+        schema = opts["schema"]
+        wf: Workflow[R] = Workflow(
+            self,
+            fn,
+            name=name,
+            queue=queue,
+            max_concurrency=check_max_concurrency(opts["max_concurrency"]),
+            rate_limit=opts["rate_limit"] if parse_rate(opts["rate_limit"]) else None,
+            limit_key=limit_key,
+            retries=retries,
+            timeout=to_seconds(opts["timeout"], what=f"workflow {name!r} timeout"),
+            cron=cron,
+            schema=infer_schema(fn, name) if schema is _UNSET else schema,
+            on_failure=on_failure,
+        )
+        flow = self
+
+        def run_task(run_id: str, token: str) -> str:
+            return execute(flow, wf, run_id, token)
+
+        # Celery builds a Python signature from __name__: keep it an identifier.
+        run_task.__name__ = run_task.__qualname__ = "workflow_" + "".join(
+            c if c.isalnum() else "_" for c in name
+        )
+        run_task.__doc__ = f"Executes runs of the celery_flow workflow {name!r}."
+        task_opts: dict[str, Any] = dict(
+            name=wf.task_name, acks_late=True, reject_on_worker_lost=True, ignore_result=True,
+            serializer="json", shared=False, typing=False,
+        )
+        if queue:
+            task_opts["queue"] = queue
+        self.app.task(**task_opts)(run_task)
+        self._registry[name] = wf
+        return wf
+
+    @property
+    def workflows(self) -> Mapping[str, Workflow[Any]]:
+        """The registry: workflow name -> Workflow (read-only)."""
+        return MappingProxyType(self._registry)
+
+    def get_workflow(self, name: str | Workflow[Any]) -> Workflow[Any]:
+        if isinstance(name, Workflow):
+            return name
+        wf = self._registry.get(name)
+        if wf is None:
+            known = ", ".join(sorted(self._registry)) or "none"
+            raise WorkflowNotFound(
+                f"no workflow named {name!r} on this Flow (registered: {known}); import the "
+                "module that defines it before starting runs."
+            )
+        return wf
+
+    def sync_registry(self) -> None:
+        """Write workflow metadata (and cron definitions) to Redis; remove this app's stale ones.
+
+        A workflow that disappeared from this app's code is removed 30 s after its last sync,
+        and only by the same ``app_id``; runs are never deleted. Workers call this on start
+        and every minute.
+        """
+        metas = [
+            {
+                "name": wf.name,
+                "queue": wf.queue or "",
+                "max_concurrency": str(wf.max_concurrency or ""),
+                "rate_limit": wf.rate_limit or "",
+                "limit_key": wf.limit_key if isinstance(wf.limit_key, str) else "",
+                "max_attempts": str(wf.retries.max_attempts),
+                "timeout": "" if wf.timeout is None else str(wf.timeout),
+                "cron": _serde.dumps(
+                    [{"expression": c.expression, "timezone": c.timezone, "input": c.input,
+                      "id": c.id} for c in wf.cron],
+                    what=f"cron input of workflow {wf.name!r}", max_bytes=self.max_payload_bytes,
+                ),
+            }
+            for wf in self._registry.values()
+        ]
+        self.store.sync_registry(self.app_id, metas, REGISTRY_GRACE_MS)
+
+    # -- starting runs ------------------------------------------------------------------------
+
+    def run(self, name: str, input: Any = None, **run_options: Any) -> RunHandle:
+        """Start a registered workflow by name; options as ``Workflow.run``."""
+        return self.get_workflow(name).run(input, **run_options)
+
+    def _start(
+        self,
+        wf: Workflow[Any],
+        input: Any,
+        *,
+        idempotency_key: str | None,
+        idempotency_ttl: timedelta,
+        run_at: datetime | None,
+        delay: timedelta | float | None,
+        queue: str | None,
+        parent: str = "",
+        run_id: str | None = None,
+    ) -> RunHandle:
+        validated, input_json = wf.dump_input(input)
+        run_at_ms = _run_at_ms(run_at, delay)
+        if idempotency_key is not None and (not isinstance(idempotency_key, str) or not idempotency_key):
+            raise WorkflowDefinitionError("idempotency_key must be a non-empty string")
+        ttl = to_seconds(idempotency_ttl, what="idempotency_ttl") or 0
+        queue = queue or wf.queue or ""
+        created, rid, token, status = self.store.enqueue(
+            run_id or new_run_id(),
+            workflow=wf.name,
+            input_json=input_json,
+            queue=queue,
+            max_attempts=wf.retries.max_attempts,
+            parent=parent,
+            idem_key=idempotency_key or "",
+            idem_ttl_ms=max(1, int(ttl * 1000)),
+            run_at_ms=run_at_ms,
+            timeout_ms=int((wf.timeout or 0) * 1000),
+            limit_key=wf.resolve_limit_key(validated),
+        )
+        if created and status == "queued":
+            self._publish(wf.name, rid, token, queue)
+        return RunHandle(self, rid, wf.name)
+
+    def _publish(self, workflow: str, run_id: str, token: str, queue: str) -> None:
+        """One broker publish of the run's task carrying only (run_id, token)."""
+        options: dict[str, Any] = {"serializer": "json", "ignore_result": True}
+        if queue:
+            options["queue"] = queue
+        try:
+            self.app.send_task(f"celery_flow.{workflow}", args=[run_id, token], **options)
+        except Exception as exc:
+            # The run is durably queued; the republisher publishes it again after
+            # republish_after seconds, so a broker blip delays the run but never loses it.
+            import logging
+
+            logging.getLogger("celery_flow").error(
+                "run %s (%s): broker publish failed (%r); a worker will republish it within "
+                "%ss", run_id, workflow, exc, self.republish_after,
+            )
+
+    # -- reading and acting on runs -----------------------------------------------------------
+
+    def handle(self, run_id: str) -> RunHandle:
+        """A handle for an existing run. Raises RunNotFound."""
+        with self.store.errors():
+            wf = self.store.redis.hget(self.store.keys.run(run_id), "workflow")
+        if wf is None:
+            raise RunNotFound(_not_found(run_id))
+        return RunHandle(self, run_id, str(wf))
+
+    def get_run(self, run_id: str) -> RunInfo:
+        """Full state of one run, steps included. 1 round trip. Raises RunNotFound."""
+        h, steps = self.store.load(run_id)
+        if not h:
+            raise RunNotFound(_not_found(run_id))
+        return run_info_from_hash(h, steps)
+
+    def list_runs(
+        self,
+        *,
+        workflow: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> RunPage:
+        """Runs newest first (by creation; by entry into the status when ``status`` is given).
+
+        Pass ``RunPage.next_cursor`` back as ``cursor`` for the next page. Steps are not loaded
+        (use ``get_run``).
+        """
+        if status is not None and status not in STATUSES:
+            raise ValueError(f"status={status!r}: expected one of {', '.join(STATUSES)}")
+        if not isinstance(limit, int) or not 1 <= limit <= 1000:
+            raise ValueError(f"limit={limit!r}: expected an int from 1 to 1000")
+        keys = self.store.keys
+        index = (
+            keys.status(status) if status else keys.workflow_runs(workflow) if workflow else keys.created
+        )
+        max_score, after = _parse_cursor(cursor)
+        runs: list[RunInfo] = []
+        while len(runs) < limit:
+            rows = self.store.index_page(index, max_score, after, limit)
+            if not rows:
+                max_score = None
+                break
+            hashes = self.store.load_many([rid for rid, _ in rows])
+            gone = [rid for (rid, _), h in zip(rows, hashes, strict=True) if not h]
+            self.store.drop_from_index(index, gone)
+            for (rid, score), h in zip(rows, hashes, strict=True):
+                max_score, after = score, rid
+                if h and (workflow is None or h.get("workflow") == workflow) and (
+                    status is None or h.get("status") == status
+                ):
+                    runs.append(run_info_from_hash(h))
+                    if len(runs) == limit:
+                        break
+            if len(rows) < limit and len(runs) < limit:
+                max_score = None
+                break
+        next_cursor = None if max_score is None else f"{int(max_score)}:{after}"
+        return RunPage(runs=runs, next_cursor=next_cursor)
+
+    def cancel(self, run_id: str, reason: str | None = None) -> bool:
+        """Cancel a run. False when it was already terminal.
+
+        A queued, scheduled or waiting run is canceled at once (if it has steps with
+        compensations, an execution first runs them). A running run stops at its next step
+        boundary (``ctx.cancel_requested`` lets long steps check) and its compensations run.
+        """
+        err = {"type": "celery_flow.errors.RunCanceled",
+               "message": f"run {run_id} was canceled" + (f": {reason}" if reason else "")}
+        import json
+
+        res = self.store.cancel(run_id, reason or "", json.dumps(err), self.expire_ms)
+        if res[0] == "missing":
+            raise RunNotFound(_not_found(run_id))
+        if res[0] == "terminal":
+            return False
+        if res[0] == "compensate":
+            self._publish(res[3], run_id, res[1], res[2])
+        return True
+
+
+_id_lock = threading.Lock()
+_id_last = [0, 0]  # last millisecond, sequence within it
+
+
+def new_run_id() -> str:
+    """32 hex chars: 48-bit ms time, 16-bit sequence, 64 random bits.
+
+    Ids sort by creation time (monotonic within a process), which breaks ties between runs
+    created in the same millisecond in ``list_runs``' newest-first order.
+    """
+    ms = time.time_ns() // 1_000_000
+    with _id_lock:
+        if ms <= _id_last[0]:
+            ms, seq = _id_last[0], _id_last[1] + 1
+        else:
+            seq = 0
+        _id_last[:] = [ms, seq]
+    return f"{ms:012x}{seq & 0xFFFF:04x}{secrets.token_hex(8)}"
+
+
+def _run_at_ms(run_at: datetime | None, delay: timedelta | float | None) -> int:
+    if run_at is not None and delay is not None:
+        raise WorkflowDefinitionError("pass run_at= or delay=, not both")
+    if run_at is not None:
+        if not isinstance(run_at, datetime):
+            raise WorkflowDefinitionError(f"run_at={run_at!r}: expected a datetime")
+        if run_at.tzinfo is None:
+            raise WorkflowDefinitionError(
+                f"run_at={run_at!r} is naive; pass an aware datetime, e.g. "
+                "datetime(..., tzinfo=timezone.utc)"
+            )
+        return int(run_at.astimezone(UTC).timestamp() * 1000)
+    seconds = to_seconds(delay, what="delay")
+    return int((time.time() + seconds) * 1000) if seconds else 0
+
+
+def _parse_cursor(cursor: str | None) -> tuple[float | None, str | None]:
+    if cursor is None:
+        return None, None
+    score, sep, rid = cursor.partition(":")
+    if not sep or not score.isdigit() or not rid:
+        raise ValueError(f"cursor={cursor!r} is not a cursor returned by list_runs")
+    return float(score), rid

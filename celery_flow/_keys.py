@@ -1,0 +1,100 @@
+"""Every Redis key celery_flow uses, built in one place.
+
+All keys start with ``<prefix>:``. Run-scoped keys put the run id in a hash
+tag (``{<id>}``) so a future Redis Cluster mode can keep one run's keys in one
+slot. Times stored as scores are milliseconds of the Redis server clock.
+
+==========================  =======  =====================================  ==============================
+key                         type     holds                                  written by / TTL
+==========================  =======  =====================================  ==============================
+``run:{id}``                hash     the run record (status, input, token)  enqueue, every transition;
+                                                                            ``retention`` once terminal
+``run:{id}:steps``          hash     step name -> JSON step record          record_step; ``retention``
+``run:{id}:done``           list     one element once terminal (waiters     terminate; ``retention``
+                                     block on it with BLMOVE)
+``runs:created``            zset     run id -> created ms                   enqueue; purge_run
+``runs:status:<status>``    zset     run id -> ms it entered that status    every transition
+``wf:<name>:runs``          zset     run id -> created ms                   enqueue; purge_run
+``running``                 zset     run id -> lease deadline ms            start, renew; reaper reads
+``timers``                  zset     run id -> due ms (run_at, backoff)     enqueue, schedule_retry
+``queued``                  zset     run id -> last publish ms              enqueue, requeue; republisher
+``idem:<wf>:<key>``         string   run id                                 enqueue; ``idempotency_ttl``
+``workflows``               set      registered workflow names              sync_registry
+``workflow:<name>``         hash     workflow metadata (app_id, queue, ...)  sync_registry
+==========================  =======  =====================================  ==============================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+STATUSES: tuple[str, ...] = (
+    "scheduled",
+    "queued",
+    "running",
+    "waiting",
+    "succeeded",
+    "failed",
+    "canceled",
+)
+TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "canceled"})
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key builder for one prefix; two prefixes never share a key."""
+
+    prefix: str
+
+    def run(self, run_id: str) -> str:
+        return f"{self.prefix}:run:{{{run_id}}}"
+
+    def steps(self, run_id: str) -> str:
+        return f"{self.prefix}:run:{{{run_id}}}:steps"
+
+    def done(self, run_id: str) -> str:
+        return f"{self.prefix}:run:{{{run_id}}}:done"
+
+    @property
+    def created(self) -> str:
+        return f"{self.prefix}:runs:created"
+
+    def status(self, status: str) -> str:
+        return f"{self.prefix}:runs:status:{status}"
+
+    def workflow_runs(self, workflow: str) -> str:
+        return f"{self.prefix}:wf:{workflow}:runs"
+
+    @property
+    def running(self) -> str:
+        return f"{self.prefix}:running"
+
+    @property
+    def timers(self) -> str:
+        return f"{self.prefix}:timers"
+
+    @property
+    def queued(self) -> str:
+        return f"{self.prefix}:queued"
+
+    def idempotency(self, workflow: str, key: str) -> str:
+        return f"{self.prefix}:idem:{workflow}:{key}"
+
+    @property
+    def workflows(self) -> str:
+        return f"{self.prefix}:workflows"
+
+    def workflow(self, name: str) -> str:
+        return f"{self.prefix}:workflow:{name}"
+
+    def run_keys(self, run_id: str) -> list[str]:
+        """The 13 leading KEYS of every per-run script, in ``_prelude.lua``'s order."""
+        return [
+            self.run(run_id),
+            self.steps(run_id),
+            self.running,
+            self.timers,
+            self.queued,
+            self.done(run_id),
+            *(self.status(s) for s in STATUSES),
+        ]

