@@ -3,23 +3,22 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench lint
+.PHONY: demo test bench
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
 demo: $(BIN)/.installed   ## run the example project (embedded Redis unless REDIS_URL is set)
 	$(BIN)/python -m example_project.demo
 
-test: $(BIN)/.installed   ## the whole test suite (starts a throwaway Redis of its own)
+test: $(BIN)/.installed   ## lint, types and the whole test suite (starts its own throwaway Redis)
+	$(BIN)/ruff check celery_flow tests bench example_project
+	$(BIN)/ruff format --check celery_flow tests bench example_project
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 bench: $(BIN)/.installed  ## benchmarks; results land in bench/results/
 	$(BIN)/python -m bench.bench_core
 
-lint: $(BIN)/.installed
-	$(BIN)/ruff check celery_flow tests bench example_project
-	$(BIN)/mypy

@@ -122,6 +122,8 @@ class Steps:
         policy = retries or NO_RETRY
         limit = to_seconds(timeout, what=f"timeout of step {name!r}")
         started = now_ms()
+        # attempts accumulate across whole-run retries: a step that failed before counts on
+        prior = cached["attempts"] if cached is not None else 0
         attempt = 0
         while True:
             attempt += 1
@@ -134,7 +136,7 @@ class Steps:
                     time.sleep(policy.delay(attempt))
                     ex.boundary()
                     continue
-                ex.record(name, seq, "failed", None, attempt, started, error_dict(exc))
+                ex.record(name, seq, "failed", None, prior + attempt, started, error_dict(exc))
                 raise
             finally:
                 ex.current_step = ""
@@ -146,18 +148,26 @@ class Steps:
                     max_bytes=ex.flow.max_payload_bytes,
                 )
             except FlowError as exc:
-                ex.record(name, seq, "failed", None, attempt, started, error_dict(exc, with_traceback=False))
+                ex.record(
+                    name,
+                    seq,
+                    "failed",
+                    None,
+                    prior + attempt,
+                    started,
+                    error_dict(exc, with_traceback=False),
+                )
                 raise
-            ex.record(name, seq, "succeeded", out, attempt, started, None, compensate is not None)
+            ex.record(
+                name, seq, "succeeded", out, prior + attempt, started, None, compensate is not None
+            )
             result = _serde.loads(out)
             if compensate is not None:
                 self.compensations.append(_Compensation(seq, name, compensate, result))
             return result  # type: ignore[no-any-return]
 
 
-def _call(
-    fn: Callable[..., Any], args: Any, kwargs: Any, timeout: float | None, name: str
-) -> Any:
+def _call(fn: Callable[..., Any], args: Any, kwargs: Any, timeout: float | None, name: str) -> Any:
     if timeout is None:
         return _maybe_await(fn(*args, **kwargs))
     box: dict[str, Any] = {}
@@ -217,8 +227,10 @@ class Context:
         self.log = ex.log
         self.step = Steps(ex)
 
-    def progress(self, current: float, total: float | None = None, message: str | None = None) -> None:
-        """Report progress (shown by ``RunInfo.progress``, the CLI and the dashboard). 1 round trip."""
+    def progress(
+        self, current: float, total: float | None = None, message: str | None = None
+    ) -> None:
+        """Report progress (``RunInfo.progress``, CLI, dashboard). 1 round trip."""
         payload = {"current": current, "total": total, "message": message, "updated_at": now_ms()}
         self._ex.update(progress=_serde.dumps(payload, what="progress", max_bytes=64 * 1024))
 

@@ -44,8 +44,10 @@ class Retries:
     non_retriable: tuple[type[BaseException], ...] = field(default=())
 
     def __post_init__(self) -> None:
-        if not isinstance(self.max_attempts, int) or isinstance(self.max_attempts, bool) or (
-            self.max_attempts < 1
+        if (
+            not isinstance(self.max_attempts, int)
+            or isinstance(self.max_attempts, bool)
+            or (self.max_attempts < 1)
         ):
             raise WorkflowDefinitionError(
                 f"Retries(max_attempts={self.max_attempts!r}): must be an int >= 1 "
@@ -81,7 +83,7 @@ class Retries:
         d = min(d, self.max_delay)
         if self.jitter if jitter is None else jitter:
             d = random.uniform(d / 2, d)
-        return d
+        return float(d)
 
     def should_retry(self, exc: BaseException, attempt: int) -> bool:
         """Whether failed attempt ``attempt`` with ``exc`` gets another attempt."""
@@ -155,7 +157,16 @@ class Cron:
 
 
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*$")
-_PERIOD_S = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600}
+_PERIOD_S = {
+    "s": 1,
+    "sec": 1,
+    "second": 1,
+    "m": 60,
+    "min": 60,
+    "minute": 60,
+    "h": 3600,
+    "hour": 3600,
+}
 
 
 def parse_rate(rate: str | None) -> tuple[int, int] | None:

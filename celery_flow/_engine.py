@@ -57,7 +57,11 @@ class Execution:
     """State of one execution of one run: the owner token, step cache and flags."""
 
     def __init__(
-        self, flow: Flow, workflow: Workflow[Any], token: str, run: dict[str, str],
+        self,
+        flow: Flow,
+        workflow: Workflow[Any],
+        token: str,
+        run: dict[str, str],
         steps: dict[str, str],
     ) -> None:
         self.flow = flow
@@ -75,7 +79,9 @@ class Execution:
         self.current_step = ""
         self.ctx: Context | None = None
         self._cancel_polled = time.monotonic()
-        self.log = RunLogger(logger, {"run_id": self.run_id, "workflow": workflow.name, "step": None})
+        self.log = RunLogger(
+            logger, {"run_id": self.run_id, "workflow": workflow.name, "step": None}
+        )
 
     # -- called by the step API ----------------------------------------------------------------
 
@@ -90,12 +96,23 @@ class Execution:
         check_deadline(self.deadline, self.run_id, self.workflow.name)
 
     def record(
-        self, name: str, seq: int, status: str, out_json: str | None, attempts: int,
-        started: int, error: dict[str, Any] | None, compensable: bool = False,
+        self,
+        name: str,
+        seq: int,
+        status: str,
+        out_json: str | None,
+        attempts: int,
+        started: int,
+        error: dict[str, Any] | None,
+        compensable: bool = False,
     ) -> None:
         rec: dict[str, Any] = {
-            "kind": "run", "status": status, "seq": seq, "attempts": attempts,
-            "started_at": started, "finished_at": now_ms(),
+            "kind": "run",
+            "status": status,
+            "seq": seq,
+            "attempts": attempts,
+            "started_at": started,
+            "finished_at": now_ms(),
         }
         if error:
             rec["error"] = error
@@ -136,7 +153,9 @@ class Execution:
                 return self._wind_down()
             try:
                 self.boundary()
-                value = self.workflow.validate_input(_serde.loads(self.run.get("input")), self.run_id)
+                value = self.workflow.validate_input(
+                    _serde.loads(self.run.get("input")), self.run_id
+                )
                 out = self._call_handler(value)
                 if self.cancel_flag:  # the handler's end is a step boundary too
                     raise Cancelled(self.run_id)
@@ -159,8 +178,9 @@ class Execution:
                 raise LostOwnership(self.run_id)
             return "succeeded"
         except LostOwnership:
-            self.log.warning("lost ownership of the run (lease expired or superseded); stopping "
-                             "without writing")
+            self.log.warning(
+                "lost ownership of the run (lease expired or superseded); stopping without writing"
+            )
             return "lost"
 
     def _call_handler(self, value: Any) -> Any:
@@ -179,17 +199,26 @@ class Execution:
             delay_ms = int(policy.delay(self.attempt) * 1000)
             if not self.store.schedule_retry(self.run_id, self.token, delay_ms, json.dumps(err)):
                 raise LostOwnership(self.run_id)
-            self.log.warning("attempt %d/%d failed (%s: %s); retrying in %.2fs", self.attempt,
-                             policy.max_attempts, err["type"], err["message"], delay_ms / 1000)
+            self.log.warning(
+                "attempt %d/%d failed (%s: %s); retrying in %.2fs",
+                self.attempt,
+                policy.max_attempts,
+                err["type"],
+                err["message"],
+                delay_ms / 1000,
+            )
             return "retrying"
         self.log.error("run failed: %s: %s", err["type"], err["message"])
         return self._end("failed", err)
 
     def _cancel_error(self) -> dict[str, Any]:
-        reason = self.run.get("cancel_reason") or None
         with self.store.errors():
-            reason = self.store.redis.hget(self.store.keys.run(self.run_id), "cancel_reason") or reason
-        return {"type": "celery_flow.errors.RunCanceled", "message": str(RunCanceled(self.run_id, reason))}
+            raw = self.store.redis.hget(self.store.keys.run(self.run_id), "cancel_reason")
+        reason = str(raw) if raw else self.run.get("cancel_reason") or None
+        return {
+            "type": "celery_flow.errors.RunCanceled",
+            "message": str(RunCanceled(self.run_id, reason)),
+        }
 
     def _wind_down(self) -> str:
         """Re-execution after cancel / a crash during compensation: replay, then compensate."""
@@ -208,7 +237,8 @@ class Execution:
 
     def _end(self, status: str, err: dict[str, Any]) -> str:
         pending = [
-            c for c in (self.ctx.step.compensations if self.ctx else [])
+            c
+            for c in (self.ctx.step.compensations if self.ctx else [])
             if self.steps.get(c.name, {}).get("status") != "compensated"
         ]
         err_json = json.dumps(err)
@@ -230,12 +260,18 @@ class Execution:
             try:
                 comp.fn(comp.output)
             except Exception as exc:
-                self.log.warning("compensation of step %r failed (attempt %d/%d): %r",
-                                 comp.name, attempt, _COMPENSATION_ATTEMPTS, exc)
+                self.log.warning(
+                    "compensation of step %r failed (attempt %d/%d): %r",
+                    comp.name,
+                    attempt,
+                    _COMPENSATION_ATTEMPTS,
+                    exc,
+                )
                 if attempt == _COMPENSATION_ATTEMPTS:
                     rec["compensation_error"] = error_dict(exc)
-                    self.log.error("compensation of step %r gave up; fix and compensate by hand",
-                                   comp.name)
+                    self.log.error(
+                        "compensation of step %r gave up; fix and compensate by hand", comp.name
+                    )
                     self._write_step(comp.name, json.dumps(rec), False)
                     return
                 time.sleep(0.1 * 2 ** (attempt - 1))
@@ -257,8 +293,9 @@ class Execution:
         try:
             self.workflow.on_failure(fctx)
         except Exception:
-            self.log.exception("on_failure of workflow %r raised; the run stays failed",
-                               self.workflow.name)
+            self.log.exception(
+                "on_failure of workflow %r raised; the run stays failed", self.workflow.name
+            )
         self.update(on_failure="done")
 
 
@@ -266,8 +303,13 @@ def execute(flow: Flow, workflow: Workflow[Any], run_id: str, token: str) -> str
     """Body of every workflow's Celery task. Returns the outcome (for logs and tests)."""
     started = flow.store.start(run_id, token, flow.lease_ms)
     if started.outcome != "ok":
-        logger.debug("run %s: delivery with token %s ignored (%s, status %s)", run_id, token,
-                     started.outcome, started.status)
+        logger.debug(
+            "run %s: delivery with token %s ignored (%s, status %s)",
+            run_id,
+            token,
+            started.outcome,
+            started.status,
+        )
         return started.outcome
     assert started.run is not None and started.steps is not None
     ex = Execution(flow, workflow, started.token, started.run, started.steps)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
+import secrets
 import threading
 import time
-import secrets
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
@@ -127,7 +127,7 @@ class Flow:
             if broker.startswith(("redis://", "rediss://", "unix://")):
                 url = broker
             elif broker.startswith("redis+socket://"):
-                url = "unix://" + broker[len("redis+socket://"):]
+                url = "unix://" + broker[len("redis+socket://") :]
         if not url:
             raise ConfigurationError(
                 f"celery_flow needs Redis for run state, and the broker ({redact(str(broker))}) "
@@ -195,9 +195,17 @@ class Flow:
 
         def decorate(f: Callable[..., R]) -> Workflow[R]:
             return self._register(
-                f, name=name, queue=queue, max_concurrency=max_concurrency,
-                rate_limit=rate_limit, limit_key=limit_key, retries=retries, timeout=timeout,
-                cron=cron, schema=schema, on_failure=on_failure,
+                f,
+                name=name,
+                queue=queue,
+                max_concurrency=max_concurrency,
+                rate_limit=rate_limit,
+                limit_key=limit_key,
+                retries=retries,
+                timeout=timeout,
+                cron=cron,
+                schema=schema,
+                on_failure=on_failure,
             )
 
         return decorate(fn) if fn is not None else decorate
@@ -255,8 +263,13 @@ class Flow:
         )
         run_task.__doc__ = f"Executes runs of the celery_flow workflow {name!r}."
         task_opts: dict[str, Any] = dict(
-            name=wf.task_name, acks_late=True, reject_on_worker_lost=True, ignore_result=True,
-            serializer="json", shared=False, typing=False,
+            name=wf.task_name,
+            acks_late=True,
+            reject_on_worker_lost=True,
+            ignore_result=True,
+            serializer="json",
+            shared=False,
+            typing=False,
         )
         if queue:
             task_opts["queue"] = queue
@@ -298,9 +311,17 @@ class Flow:
                 "max_attempts": str(wf.retries.max_attempts),
                 "timeout": "" if wf.timeout is None else str(wf.timeout),
                 "cron": _serde.dumps(
-                    [{"expression": c.expression, "timezone": c.timezone, "input": c.input,
-                      "id": c.id} for c in wf.cron],
-                    what=f"cron input of workflow {wf.name!r}", max_bytes=self.max_payload_bytes,
+                    [
+                        {
+                            "expression": c.expression,
+                            "timezone": c.timezone,
+                            "input": c.input,
+                            "id": c.id,
+                        }
+                        for c in wf.cron
+                    ],
+                    what=f"cron input of workflow {wf.name!r}",
+                    max_bytes=self.max_payload_bytes,
                 ),
             }
             for wf in self._registry.values()
@@ -328,7 +349,9 @@ class Flow:
     ) -> RunHandle:
         validated, input_json = wf.dump_input(input)
         run_at_ms = _run_at_ms(run_at, delay)
-        if idempotency_key is not None and (not isinstance(idempotency_key, str) or not idempotency_key):
+        if idempotency_key is not None and (
+            not isinstance(idempotency_key, str) or not idempotency_key
+        ):
             raise WorkflowDefinitionError("idempotency_key must be a non-empty string")
         ttl = to_seconds(idempotency_ttl, what="idempotency_ttl") or 0
         queue = queue or wf.queue or ""
@@ -362,8 +385,11 @@ class Flow:
             import logging
 
             logging.getLogger("celery_flow").error(
-                "run %s (%s): broker publish failed (%r); a worker will republish it within "
-                "%ss", run_id, workflow, exc, self.republish_after,
+                "run %s (%s): broker publish failed (%r); a worker will republish it within %ss",
+                run_id,
+                workflow,
+                exc,
+                self.republish_after,
             )
 
     # -- reading and acting on runs -----------------------------------------------------------
@@ -402,7 +428,11 @@ class Flow:
             raise ValueError(f"limit={limit!r}: expected an int from 1 to 1000")
         keys = self.store.keys
         index = (
-            keys.status(status) if status else keys.workflow_runs(workflow) if workflow else keys.created
+            keys.status(status)
+            if status
+            else keys.workflow_runs(workflow)
+            if workflow
+            else keys.created
         )
         max_score, after = _parse_cursor(cursor)
         runs: list[RunInfo] = []
@@ -416,8 +446,10 @@ class Flow:
             self.store.drop_from_index(index, gone)
             for (rid, score), h in zip(rows, hashes, strict=True):
                 max_score, after = score, rid
-                if h and (workflow is None or h.get("workflow") == workflow) and (
-                    status is None or h.get("status") == status
+                if (
+                    h
+                    and (workflow is None or h.get("workflow") == workflow)
+                    and (status is None or h.get("status") == status)
                 ):
                     runs.append(run_info_from_hash(h))
                     if len(runs) == limit:
@@ -435,8 +467,10 @@ class Flow:
         compensations, an execution first runs them). A running run stops at its next step
         boundary (``ctx.cancel_requested`` lets long steps check) and its compensations run.
         """
-        err = {"type": "celery_flow.errors.RunCanceled",
-               "message": f"run {run_id} was canceled" + (f": {reason}" if reason else "")}
+        err = {
+            "type": "celery_flow.errors.RunCanceled",
+            "message": f"run {run_id} was canceled" + (f": {reason}" if reason else ""),
+        }
         import json
 
         res = self.store.cancel(run_id, reason or "", json.dumps(err), self.expire_ms)

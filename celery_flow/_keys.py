@@ -4,24 +4,22 @@ All keys start with ``<prefix>:``. Run-scoped keys put the run id in a hash
 tag (``{<id>}``) so a future Redis Cluster mode can keep one run's keys in one
 slot. Times stored as scores are milliseconds of the Redis server clock.
 
-==========================  =======  =====================================  ==============================
-key                         type     holds                                  written by / TTL
-==========================  =======  =====================================  ==============================
-``run:{id}``                hash     the run record (status, input, token)  enqueue, every transition;
-                                                                            ``retention`` once terminal
-``run:{id}:steps``          hash     step name -> JSON step record          record_step; ``retention``
-``run:{id}:done``           list     one element once terminal (waiters     terminate; ``retention``
-                                     block on it with BLMOVE)
-``runs:created``            zset     run id -> created ms                   enqueue; purge_run
-``runs:status:<status>``    zset     run id -> ms it entered that status    every transition
-``wf:<name>:runs``          zset     run id -> created ms                   enqueue; purge_run
-``running``                 zset     run id -> lease deadline ms            start, renew; reaper reads
-``timers``                  zset     run id -> due ms (run_at, backoff)     enqueue, schedule_retry
-``queued``                  zset     run id -> last publish ms              enqueue, requeue; republisher
-``idem:<wf>:<key>``         string   run id                                 enqueue; ``idempotency_ttl``
-``workflows``               set      registered workflow names              sync_registry
-``workflow:<name>``         hash     workflow metadata (app_id, queue, ...)  sync_registry
-==========================  =======  =====================================  ==============================
+Keys (type; what it holds; who writes it; TTL):
+
+* ``run:{id}`` (hash): the run record (status, input, token, ...); enqueue and every
+  transition; TTL ``retention`` + 15 min once terminal (the purge deletes it at ``retention``).
+* ``run:{id}:steps`` (hash): step name -> JSON step record; record_step; same TTL.
+* ``run:{id}:done`` (list): one element once terminal; result() waiters block on it
+  with BLMOVE (a rotation, so every waiter wakes); same TTL.
+* ``runs:created`` (zset): run id -> created ms; enqueue, purge_run.
+* ``runs:status:<status>`` (zset): run id -> ms it entered that status; every transition.
+* ``wf:<name>:runs`` (zset): run id -> created ms; enqueue, purge_run.
+* ``running`` (zset): run id -> lease deadline ms; start, renew; read by the reaper.
+* ``timers`` (zset): run id -> due ms (run_at, retry backoff); read by the promoter.
+* ``queued`` (zset): run id -> last publish ms; read by the republisher.
+* ``idem:<wf>:<key>`` (string): run id; enqueue; TTL ``idempotency_ttl``.
+* ``workflows`` (set): registered workflow names; sync_registry.
+* ``workflow:<name>`` (hash): workflow metadata (app_id, queue, limits, cron); sync_registry.
 """
 
 from __future__ import annotations

@@ -73,7 +73,9 @@ class Maintenance:
         ids, _, _ = store.due(store.keys.running, _BATCH)
         claimed = store.claim_expired(ids)
         for c in claimed:
-            logger.warning("run %s (%s): lease expired, re-queued for recovery", c.run_id, c.workflow)
+            logger.warning(
+                "run %s (%s): lease expired, re-queued for recovery", c.run_id, c.workflow
+            )
         self._publish(claimed, "recovered")
 
     def republish(self) -> None:
@@ -98,8 +100,12 @@ class Maintenance:
         reap_every = min(1.0, flow.lease_seconds / 4)
         due = {"reap": 0.0, "republish": 0.0, "purge": 0.0, "sync": 0.0}
         every = {"reap": reap_every, "republish": 5.0, "purge": 60.0, "sync": 60.0}
-        jobs = {"reap": self.reap, "republish": self.republish, "purge": self.purge,
-                "sync": flow.sync_registry}
+        jobs = {
+            "reap": self.reap,
+            "republish": self.republish,
+            "purge": self.purge,
+            "sync": flow.sync_registry,
+        }
         failing = False
         while not self._stop.is_set():
             wait = 0.25

@@ -95,11 +95,11 @@ def ms_to_dt(value: str | bytes | int | None) -> datetime | None:
     """Milliseconds since the epoch (as stored in Redis) to an aware UTC datetime."""
     if value in (None, "", b""):
         return None
-    return datetime.fromtimestamp(int(value) / 1000, tz=UTC)  # type: ignore[arg-type]
+    return datetime.fromtimestamp(int(value) / 1000, tz=UTC)
 
 
 def _loads(raw: str | None) -> Any:
-    return None if raw in (None, "") else json.loads(raw)  # type: ignore[arg-type]
+    return None if raw is None or raw == "" else json.loads(raw)
 
 
 def step_info(name: str, raw: str) -> StepInfo:

@@ -49,4 +49,4 @@ def dumps(value: Any, *, what: str, max_bytes: int, is_input: bool = False) -> s
 
 
 def loads(text: str | None) -> Any:
-    return None if text in (None, "") else json.loads(text)  # type: ignore[arg-type]
+    return None if text is None or text == "" else json.loads(text)

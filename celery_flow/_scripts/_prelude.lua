@@ -1,4 +1,5 @@
 -- Shared prelude, prepended to every per-run script by celery_flow._store.
+redis.replicate_commands()  -- effects replication: TIME before writes is safe on Redis 5-7
 --
 -- Every per-run script receives the same 13 leading KEYS (built by
 -- celery_flow._keys.Keys.run_keys) and the run id as ARGV[1]:

@@ -24,7 +24,9 @@ app.conf.update(
     worker_prefetch_multiplier=1,
     broker_connection_retry_on_startup=True,
 )
-flow = Flow(app, redis_url=REDIS, prefix=PREFIX, lease_seconds=float(os.environ.get("CF_TEST_LEASE", "2")))
+flow = Flow(
+    app, redis_url=REDIS, prefix=PREFIX, lease_seconds=float(os.environ.get("CF_TEST_LEASE", "2"))
+)
 _probe = redis.Redis.from_url(REDIS)
 
 

@@ -113,7 +113,7 @@ def test_canceling_a_queued_run_is_immediate_and_result_raises(env):
     assert status_memberships(env, handle.id) == ["canceled"]
     assert env.redis.zscore(env.flow.store.keys.queued, handle.id) is None
     # the stale message is a no-op when a worker finally sees it
-    bump, count = counter(env, "ran")
+    _bump, _count = counter(env, "ran")
     with env.worker():
         time.sleep(0.5)
     assert handle.status() == "canceled"
@@ -210,9 +210,18 @@ def test_a_zombie_executions_writes_are_rejected_by_the_fencing_token(env):
         return 1
 
     # Given an execution that started (token 2) and then lost its lease
-    created, run_id, token, _ = store.enqueue(
-        "zombie-run", workflow="fenced", input_json="null", queue="", max_attempts=1, parent="",
-        idem_key="", idem_ttl_ms=1, run_at_ms=0, timeout_ms=0, limit_key="fenced",
+    _created, run_id, token, _ = store.enqueue(
+        "zombie-run",
+        workflow="fenced",
+        input_json="null",
+        queue="",
+        max_attempts=1,
+        parent="",
+        idem_key="",
+        idem_ttl_ms=1,
+        run_at_ms=0,
+        timeout_ms=0,
+        limit_key="fenced",
     )
     first = store.start(run_id, token, lease_ms=60_000)
     assert first.outcome == "ok" and first.token == "2"
@@ -267,8 +276,13 @@ def test_the_reaper_recovers_a_run_whose_worker_died_mid_run(env):
     dead = store.start(handle.id, token, lease_ms=300)
     assert dead.outcome == "ok"
     bump()
-    store.record_step(handle.id, dead.token, "first",
-                      '{"kind":"run","status":"succeeded","seq":1,"attempts":1,"output":1}', False)
+    store.record_step(
+        handle.id,
+        dead.token,
+        "first",
+        '{"kind":"run","status":"succeeded","seq":1,"attempts":1,"output":1}',
+        False,
+    )
 
     # When a live worker's reaper sees the lease expire
     with env.worker():
@@ -290,9 +304,18 @@ def test_a_run_whose_publish_was_lost_is_republished(flow_redis_url, flow_prefix
         return "found"
 
     # Given a run that was recorded but whose publisher died before publishing
-    created, run_id, _, _ = flow.store.enqueue(
-        "lost-run", workflow="lost", input_json="null", queue="", max_attempts=1, parent="",
-        idem_key="", idem_ttl_ms=1, run_at_ms=0, timeout_ms=0, limit_key="lost",
+    _created, run_id, _, _ = flow.store.enqueue(
+        "lost-run",
+        workflow="lost",
+        input_json="null",
+        queue="",
+        max_attempts=1,
+        parent="",
+        idem_key="",
+        idem_ttl_ms=1,
+        run_at_ms=0,
+        timeout_ms=0,
+        limit_key="lost",
     )
     from celery_flow.testing import start_flow_worker
 
@@ -305,8 +328,9 @@ def test_terminal_runs_expire_after_retention_and_purge_cleans_the_indexes(
     flow_redis_url, flow_prefix
 ):
     app = make_celery(flow_redis_url, flow_prefix)
-    flow = Flow(app, redis_url=flow_redis_url, prefix=flow_prefix,
-                retention=timedelta(milliseconds=700))
+    flow = Flow(
+        app, redis_url=flow_redis_url, prefix=flow_prefix, retention=timedelta(milliseconds=700)
+    )
 
     @flow.workflow()
     def short_lived(ctx):

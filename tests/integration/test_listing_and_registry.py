@@ -50,6 +50,7 @@ def test_registry_sync_writes_metadata_and_removes_only_this_apps_stale_workflow
     def flow_for(app_id, names):
         app = make_celery(flow_redis_url, flow_prefix)
         flow = Flow(app, redis_url=flow_redis_url, prefix=flow_prefix, app_id=app_id)
+
         def handler(ctx):
             return None
 

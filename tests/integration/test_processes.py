@@ -40,21 +40,49 @@ def ensure_amqp() -> None:
         while time.monotonic() < deadline and not amqp_available():
             time.sleep(1)
     if not amqp_available():
-        pytest.skip(f"no RabbitMQ reachable at {AMQP_URL} and none could be started here; "
-                    "set CELERY_FLOW_TEST_AMQP_URL to run the amqp:// broker tests")
+        pytest.skip(
+            f"no RabbitMQ reachable at {AMQP_URL} and none could be started here; "
+            "set CELERY_FLOW_TEST_AMQP_URL to run the amqp:// broker tests"
+        )
 
 
 @contextmanager
-def celery_worker(broker: str, redis_url: str, prefix: str, pool: str,
-                  concurrency: int = 2) -> Iterator[subprocess.Popen[bytes]]:
-    env = dict(os.environ, CF_TEST_BROKER=broker, CF_TEST_REDIS=redis_url, CF_TEST_PREFIX=prefix,
-               PYTHONPATH=str(ROOT))
+def celery_worker(
+    broker: str, redis_url: str, prefix: str, pool: str, concurrency: int = 2
+) -> Iterator[subprocess.Popen[bytes]]:
+    env = dict(
+        os.environ,
+        CF_TEST_BROKER=broker,
+        CF_TEST_REDIS=redis_url,
+        CF_TEST_PREFIX=prefix,
+        PYTHONPATH=str(ROOT),
+    )
     log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"{prefix}-{pool}.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "tests.apps.proc_app", "worker", "-P", pool,
-         "-c", str(concurrency), "--loglevel", "INFO", "--without-gossip", "--without-mingle",
-         "--without-heartbeat", "-n", f"{prefix}-{pool}-{time.monotonic_ns()}@%h"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "tests.apps.proc_app",
+            "worker",
+            "-P",
+            pool,
+            "-c",
+            str(concurrency),
+            "--loglevel",
+            "INFO",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "-n",
+            f"{prefix}-{pool}-{time.monotonic_ns()}@%h",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
         yield proc
@@ -72,6 +100,7 @@ def celery_worker(broker: str, redis_url: str, prefix: str, pool: str,
 @pytest.fixture
 def proc_flow(flow_redis_url, flow_prefix, monkeypatch):
     """Import the subprocess app in this process too (same prefix) to start runs."""
+
     def load(broker: str):
         monkeypatch.setenv("CF_TEST_BROKER", broker)
         monkeypatch.setenv("CF_TEST_REDIS", flow_redis_url)
@@ -80,6 +109,7 @@ def proc_flow(flow_redis_url, flow_prefix, monkeypatch):
         import tests.apps.proc_app as mod
 
         return mod
+
     yield load
     sys.modules.pop("tests.apps.proc_app", None)
 

@@ -74,9 +74,8 @@ def test_a_retried_run_replays_succeeded_steps_instead_of_redoing_them(env):
     @env.flow.workflow(retries=Retries(max_attempts=3, base_delay=0.05, jitter=False))
     def flaky(ctx):
         a = ctx.step.run("a", bump_a)
-        if ctx.attempt == 1:
-            raise RuntimeError("transient")
-        return {"a": a, "attempt": ctx.attempt}
+        b = ctx.step.run("b", lambda: ctx.attempt if ctx.attempt > 1 else 1 / 0)
+        return {"a": a, "b": b, "attempt": ctx.attempt}
 
     # When it runs to success
     with env.worker():
@@ -84,10 +83,12 @@ def test_a_retried_run_replays_succeeded_steps_instead_of_redoing_them(env):
         out = handle.result(timeout=10)
 
     # Then step "a" ran exactly once and its cached output was returned on attempt 2
-    assert out == {"a": 1, "attempt": 2}
+    assert out == {"a": 1, "b": 2, "attempt": 2}
     assert count_a() == 1
     info = handle.info()
     assert info.attempt == 2 and info.status == "succeeded" and info.error is None
+    # and the step that failed on attempt 1 reports both of its attempts
+    assert [(s.name, s.attempts) for s in info.steps] == [("a", 1), ("b", 2)]
 
 
 def test_a_run_that_keeps_failing_ends_failed_after_max_attempts(env):
@@ -113,8 +114,9 @@ def test_a_run_that_keeps_failing_ends_failed_after_max_attempts(env):
     ids=["NonRetriableError", "non_retriable-tuple"],
 )
 def test_non_retriable_errors_fail_the_run_on_the_first_attempt(env, exc_factory):
-    @env.flow.workflow(retries=Retries(max_attempts=5, base_delay=0.01,
-                                       non_retriable=(PermissionError,)))
+    @env.flow.workflow(
+        retries=Retries(max_attempts=5, base_delay=0.01, non_retriable=(PermissionError,))
+    )
     def declines(ctx):
         raise exc_factory()
 
@@ -179,9 +181,8 @@ def test_a_duplicate_step_name_fails_the_run_with_a_clear_error(env):
         ctx.step.run("same", lambda: 1)
         ctx.step.run("same", lambda: 2)
 
-    with env.worker():
-        with pytest.raises(RunFailed) as exc:
-            dup.run().result(timeout=10)
+    with env.worker(), pytest.raises(RunFailed) as exc:
+        dup.run().result(timeout=10)
     assert exc.value.error.type == "celery_flow.errors.DuplicateStepError"
     assert "'same'" in exc.value.error.message and "f'same:{i}'" in exc.value.error.message
 
@@ -209,9 +210,8 @@ def test_a_non_json_run_output_fails_the_run(env):
     def returns_set(ctx):
         return {1, 2}
 
-    with env.worker():
-        with pytest.raises(RunFailed) as exc:
-            returns_set.run().result(timeout=10)
+    with env.worker(), pytest.raises(RunFailed) as exc:
+        returns_set.run().result(timeout=10)
     assert exc.value.error.type == "celery_flow.errors.OutputSerializationError"
     assert "set" in exc.value.error.message
 
@@ -234,8 +234,12 @@ def test_compensations_run_in_reverse_order_when_the_run_ends_failed(env):
     # compensations ran once, after the last attempt, newest first
     assert order == [("refund", "c1"), ("release", "r1")]
     status = {s.name: s.status for s in handle.info().steps}
-    assert status == {"reserve": "compensated", "charge": "compensated",
-                      "note": "succeeded", "ship": "failed"}
+    assert status == {
+        "reserve": "compensated",
+        "charge": "compensated",
+        "note": "succeeded",
+        "ship": "failed",
+    }
 
 
 def test_on_failure_is_called_once_with_the_failure_context(env):
@@ -263,8 +267,14 @@ def test_the_context_exposes_run_identity_progress_and_a_structured_logger(env, 
 
     @env.flow.workflow()
     def introspect(ctx, n: int):
-        seen.update(run_id=ctx.run_id, workflow=ctx.workflow, attempt=ctx.attempt, input=ctx.input,
-                    key=ctx.idempotency_key("charge"), cancel=ctx.cancel_requested)
+        seen.update(
+            run_id=ctx.run_id,
+            workflow=ctx.workflow,
+            attempt=ctx.attempt,
+            input=ctx.input,
+            key=ctx.idempotency_key("charge"),
+            cancel=ctx.cancel_requested,
+        )
         ctx.progress(3, 10, "three of ten")
         ctx.log.info("hello from the run")
         return n
@@ -273,10 +283,20 @@ def test_the_context_exposes_run_identity_progress_and_a_structured_logger(env, 
         handle = introspect.run(5)
         handle.result(timeout=10)
 
-    assert seen == {"run_id": handle.id, "workflow": "introspect", "attempt": 1, "input": 5,
-                    "key": f"{handle.id}:charge", "cancel": False}
+    assert seen == {
+        "run_id": handle.id,
+        "workflow": "introspect",
+        "attempt": 1,
+        "input": 5,
+        "key": f"{handle.id}:charge",
+        "cancel": False,
+    }
     progress = handle.info().progress
-    assert progress and (progress.current, progress.total, progress.message) == (3, 10, "three of ten")
+    assert progress and (progress.current, progress.total, progress.message) == (
+        3,
+        10,
+        "three of ten",
+    )
     record = next(r for r in caplog.records if "hello from the run" in r.getMessage())
     assert record.run_id == handle.id and record.workflow == "introspect"
 

@@ -57,8 +57,14 @@ def test_retry_stops_at_max_attempts():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"max_attempts": 0}, {"max_attempts": True}, {"backoff": "quadratic"}, {"base_delay": -1},
-     {"non_retriable": [ValueError]}, {"non_retriable": ("ValueError",)}],
+    [
+        {"max_attempts": 0},
+        {"max_attempts": True},
+        {"backoff": "quadratic"},
+        {"base_delay": -1},
+        {"non_retriable": [ValueError]},
+        {"non_retriable": ("ValueError",)},
+    ],
 )
 def test_bad_retries_are_rejected(kwargs):
     with pytest.raises(WorkflowDefinitionError):
@@ -67,8 +73,13 @@ def test_bad_retries_are_rejected(kwargs):
 
 @pytest.mark.parametrize(
     ("rate", "expected"),
-    [("10/s", (10, 1000)), ("5/m", (5, 60_000)), ("3/h", (3, 3_600_000)), (" 7 / sec ", (7, 1000)),
-     (None, None)],
+    [
+        ("10/s", (10, 1000)),
+        ("5/m", (5, 60_000)),
+        ("3/h", (3, 3_600_000)),
+        (" 7 / sec ", (7, 1000)),
+        (None, None),
+    ],
 )
 def test_rate_limits_parse(rate, expected):
     assert parse_rate(rate) == expected
@@ -82,8 +93,13 @@ def test_bad_rate_limits_are_rejected(rate):
 
 @pytest.mark.parametrize(
     ("expr", "tz", "ok"),
-    [("*/5 * * * *", "UTC", True), ("*/10 * * * * *", "Europe/Paris", True),
-     ("61 * * * *", "UTC", False), ("* * *", "UTC", False), ("* * * * *", "Mars/Olympus", False)],
+    [
+        ("*/5 * * * *", "UTC", True),
+        ("*/10 * * * * *", "Europe/Paris", True),
+        ("61 * * * *", "UTC", False),
+        ("* * *", "UTC", False),
+        ("* * * * *", "Mars/Olympus", False),
+    ],
 )
 def test_cron_validation(expr, tz, ok):
     if ok:
@@ -106,21 +122,50 @@ def test_run_keys_share_a_hash_tag_and_follow_the_prelude_order():
     keys = Keys("p").run_keys("abc")
     assert keys[:2] == ["p:run:{abc}", "p:run:{abc}:steps"]
     assert keys[5] == "p:run:{abc}:done" and len(keys) == 13
-    assert keys[6:] == [f"p:runs:status:{s}" for s in
-                        ("scheduled", "queued", "running", "waiting", "succeeded", "failed",
-                         "canceled")]
+    assert keys[6:] == [
+        f"p:runs:status:{s}"
+        for s in ("scheduled", "queued", "running", "waiting", "succeeded", "failed", "canceled")
+    ]
 
 
 def test_the_public_api_is_frozen():
-    assert sorted(celery_flow.__all__) == sorted([
-        "ChildRunFailed", "ConfigurationError", "Context", "Cron", "DuplicateStepError",
-        "ErrorInfo", "EventTimeout", "FailureContext", "Flow", "FlowConnectionError", "FlowError",
-        "InputValidationError", "MapFailed", "NonRetriableError", "OutputSerializationError",
-        "PayloadTooLargeError", "ProgressInfo", "Retries", "RunCanceled", "RunFailed", "RunHandle",
-        "RunInfo", "RunNotFound", "RunPage", "RunStateError", "RunTimeout", "StepInfo",
-        "StepTimeout", "Steps", "Workflow", "WorkflowDefinitionError", "WorkflowNotFound",
-        "__version__",
-    ])
+    assert sorted(celery_flow.__all__) == sorted(
+        [
+            "ChildRunFailed",
+            "ConfigurationError",
+            "Context",
+            "Cron",
+            "DuplicateStepError",
+            "ErrorInfo",
+            "EventTimeout",
+            "FailureContext",
+            "Flow",
+            "FlowConnectionError",
+            "FlowError",
+            "InputValidationError",
+            "MapFailed",
+            "NonRetriableError",
+            "OutputSerializationError",
+            "PayloadTooLargeError",
+            "ProgressInfo",
+            "Retries",
+            "RunCanceled",
+            "RunFailed",
+            "RunHandle",
+            "RunInfo",
+            "RunNotFound",
+            "RunPage",
+            "RunStateError",
+            "RunTimeout",
+            "StepInfo",
+            "StepTimeout",
+            "Steps",
+            "Workflow",
+            "WorkflowDefinitionError",
+            "WorkflowNotFound",
+            "__version__",
+        ]
+    )
     for name in celery_flow.__all__:
         obj = getattr(celery_flow, name)
         if isinstance(obj, type) and issubclass(obj, Exception):

