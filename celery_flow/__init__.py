@@ -9,7 +9,7 @@ from ._definitions import Cron, Retries
 from ._engine import FailureContext
 from ._flow import Flow
 from ._handle import RunHandle
-from ._models import ErrorInfo, ProgressInfo, RunInfo, RunPage, StepInfo
+from ._models import ErrorInfo, GateStatus, ProgressInfo, RunInfo, RunPage, StepInfo
 from ._workflow import Workflow
 from .errors import (
     ChildRunFailed,
@@ -47,6 +47,7 @@ __all__ = [
     "Flow",
     "FlowConnectionError",
     "FlowError",
+    "GateStatus",
     "InputValidationError",
     "MapFailed",
     "NonRetriableError",

@@ -68,6 +68,7 @@ class Execution:
         self.store = flow.store
         self.workflow = workflow
         self.run_id = run["id"]
+        self.limit_key = run.get("limit_key", "")
         self.token = token
         self.run = run
         self.steps: dict[str, dict[str, Any]] = {k: json.loads(v) for k, v in steps.items()}
@@ -123,11 +124,13 @@ class Execution:
         self.steps[name] = rec
 
     def _write_step(self, name: str, raw: str, compensable: bool) -> None:
-        owned, cancel = self.store.record_step(self.run_id, self.token, name, raw, compensable)
+        owned, cancel = self.store.record_step(
+            self.run_id, self.limit_key, self.token, name, raw, compensable
+        )
         self._after_write(owned, cancel)
 
     def update(self, **fields: str) -> None:
-        owned, cancel = self.store.update(self.run_id, self.token, **fields)
+        owned, cancel = self.store.update(self.run_id, self.limit_key, self.token, **fields)
         self._after_write(owned, cancel)
 
     def _after_write(self, owned: bool, cancel: bool) -> None:
@@ -172,10 +175,7 @@ class Execution:
                 return self._failed(exc)
             if self.lost:
                 raise LostOwnership(self.run_id)
-            if not self.store.finalize(
-                self.run_id, self.token, "succeeded", out_json, "", self.flow.expire_ms
-            ):
-                raise LostOwnership(self.run_id)
+            self._finalize("succeeded", out_json, "")
             return "succeeded"
         except LostOwnership:
             self.log.warning(
@@ -197,7 +197,11 @@ class Execution:
         deadline_passed = bool(self.deadline and now_ms() >= self.deadline)
         if policy.should_retry(exc, self.attempt) and not deadline_passed:
             delay_ms = int(policy.delay(self.attempt) * 1000)
-            if not self.store.schedule_retry(self.run_id, self.token, delay_ms, json.dumps(err)):
+            due, woken = self.store.schedule_retry(
+                self.run_id, self.limit_key, self.token, delay_ms, json.dumps(err)
+            )
+            self.flow._publish_claimed(woken)
+            if not due:
                 raise LostOwnership(self.run_id)
             self.log.warning(
                 "attempt %d/%d failed (%s: %s); retrying in %.2fs",
@@ -248,11 +252,16 @@ class Execution:
                 self._compensate(comp)
         if status == "failed" and self.workflow.on_failure and self.run.get("on_failure") != "done":
             self._call_on_failure(err)
-        if not self.store.finalize(
-            self.run_id, self.token, status, "", err_json, self.flow.expire_ms
-        ):
-            raise LostOwnership(self.run_id)
+        self._finalize(status, "", err_json)
         return status
+
+    def _finalize(self, status: str, output: str, error: str) -> None:
+        written, woken = self.store.finalize(
+            self.run_id, self.limit_key, self.token, status, output, error, self.flow.expire_ms
+        )
+        self.flow._publish_claimed(woken)
+        if not written:
+            raise LostOwnership(self.run_id)
 
     def _compensate(self, comp: _Compensation) -> None:
         rec = dict(self.steps[comp.name])
@@ -299,9 +308,13 @@ class Execution:
         self.update(on_failure="done")
 
 
-def execute(flow: Flow, workflow: Workflow[Any], run_id: str, token: str) -> str:
+def execute(
+    flow: Flow, workflow: Workflow[Any], run_id: str, token: str, limit_key: str | None
+) -> str:
     """Body of every workflow's Celery task. Returns the outcome (for logs and tests)."""
-    started = flow.store.start(run_id, token, flow.lease_ms)
+    if limit_key is None:  # a message published without it (hand-crafted or older)
+        (limit_key,) = flow.store.limit_keys([run_id])
+    started = flow.store.start(run_id, token, flow.lease_ms, limit_key)
     if started.outcome != "ok":
         logger.debug(
             "run %s: delivery with token %s ignored (%s, status %s)",

@@ -28,8 +28,8 @@ from ._handle import RunHandle, _not_found
 from ._keys import STATUSES
 from ._lease import Heartbeat
 from ._maintenance import Maintenance
-from ._models import RunInfo, RunPage, run_info_from_hash
-from ._store import Store, redact
+from ._models import GateStatus, RunInfo, RunPage, run_info_from_hash
+from ._store import Claimed, Store, _claimed, redact
 from ._workflow import Workflow, infer_schema
 from .errors import (
     ConfigurationError,
@@ -254,8 +254,8 @@ class Flow:
         )
         flow = self
 
-        def run_task(run_id: str, token: str) -> str:
-            return execute(flow, wf, run_id, token)
+        def run_task(run_id: str, token: str, limit_key: str | None = None) -> str:
+            return execute(flow, wf, run_id, token, limit_key)
 
         # Celery builds a Python signature from __name__: keep it an identifier.
         run_task.__name__ = run_task.__qualname__ = "workflow_" + "".join(
@@ -355,7 +355,8 @@ class Flow:
             raise WorkflowDefinitionError("idempotency_key must be a non-empty string")
         ttl = to_seconds(idempotency_ttl, what="idempotency_ttl") or 0
         queue = queue or wf.queue or ""
-        created, rid, token, status = self.store.enqueue(
+        limit_key = wf.resolve_limit_key(validated)
+        created, rid, token, outcome = self.store.enqueue(
             run_id or new_run_id(),
             workflow=wf.name,
             input_json=input_json,
@@ -366,19 +367,28 @@ class Flow:
             idem_ttl_ms=max(1, int(ttl * 1000)),
             run_at_ms=run_at_ms,
             timeout_ms=int((wf.timeout or 0) * 1000),
-            limit_key=wf.resolve_limit_key(validated),
+            limit_key=limit_key,
+            gate_max=wf.max_concurrency or 0,
+            rate=parse_rate(wf.rate_limit),
+            lease_ms=self.lease_ms,
         )
-        if created and status == "queued":
-            self._publish(wf.name, rid, token, queue)
+        if created and outcome == "queued":
+            self._publish(wf.name, rid, token, queue, limit_key)
         return RunHandle(self, rid, wf.name)
 
-    def _publish(self, workflow: str, run_id: str, token: str, queue: str) -> None:
-        """One broker publish of the run's task carrying only (run_id, token)."""
+    def _publish_claimed(self, claimed: list[Claimed]) -> None:
+        for c in claimed:
+            self._publish(c.workflow, c.run_id, c.token, c.queue, c.limit_key)
+
+    def _publish(self, workflow: str, run_id: str, token: str, queue: str, limit_key: str) -> None:
+        """One broker publish of the run's task: (run_id, token, limit_key), nothing else."""
         options: dict[str, Any] = {"serializer": "json", "ignore_result": True}
         if queue:
             options["queue"] = queue
         try:
-            self.app.send_task(f"celery_flow.{workflow}", args=[run_id, token], **options)
+            self.app.send_task(
+                f"celery_flow.{workflow}", args=[run_id, token, limit_key], **options
+            )
         except Exception as exc:
             # The run is durably queued; the republisher publishes it again after
             # republish_after seconds, so a broker blip delays the run but never loses it.
@@ -460,6 +470,29 @@ class Flow:
         next_cursor = None if max_score is None else f"{int(max_score)}:{after}"
         return RunPage(runs=runs, next_cursor=next_cursor)
 
+    def gate_status(self, key: str) -> GateStatus:
+        """Holders, waiting count and rate budget of one limit key. 1 round trip.
+
+        Example:
+            >>> flow.gate_status("process-order").waiting
+            12
+        """
+        holders, waiting, tat = self.store.gate_state(key)
+        now_ms = time.time() * 1000
+        live = [rid for rid, deadline in holders if deadline > now_ms]
+        limits = [wf for wf in self._registry.values() if wf.resolve_limit_key_static() == key]
+        next_ms = float(tat) if tat else 0.0
+        return GateStatus(
+            key=key,
+            max_concurrency=limits[0].max_concurrency if limits else None,
+            rate_limit=limits[0].rate_limit if limits else None,
+            holders=live,
+            waiting=waiting,
+            next_start_at=datetime.fromtimestamp(next_ms / 1000, tz=UTC)
+            if next_ms > now_ms
+            else None,
+        )
+
     def cancel(self, run_id: str, reason: str | None = None) -> bool:
         """Cancel a run. False when it was already terminal.
 
@@ -479,7 +512,10 @@ class Flow:
         if res[0] == "terminal":
             return False
         if res[0] == "compensate":
-            self._publish(res[3], run_id, res[1], res[2])
+            (limit_key,) = self.store.limit_keys([run_id])
+            self._publish(res[3], run_id, res[1], res[2], limit_key)
+        elif res[0] == "canceled":
+            self._publish_claimed(_claimed(res[1]))
         return True
 
 

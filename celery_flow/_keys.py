@@ -18,6 +18,11 @@ Keys (type; what it holds; who writes it; TTL):
 * ``timers`` (zset): run id -> due ms (run_at, retry backoff); read by the promoter.
 * ``queued`` (zset): run id -> last publish ms; read by the republisher.
 * ``idem:<wf>:<key>`` (string): run id; enqueue; TTL ``idempotency_ttl``.
+* ``gate:<limit key>`` (zset): slot holder run id -> slot lease deadline ms (max_concurrency);
+  admission, start, renew, release.
+* ``gate:<limit key>:waiting`` (zset): run id -> created ms, runs waiting for a slot (FIFO).
+* ``gates`` (set): limit keys with waiting runs; read by the gate sweeper.
+* ``rate:<limit key>`` (string): GCRA theoretical arrival time in ms (rate_limit).
 * ``workflows`` (set): registered workflow names; sync_registry.
 * ``workflow:<name>`` (hash): workflow metadata (app_id, queue, limits, cron); sync_registry.
 """
@@ -85,8 +90,21 @@ class Keys:
     def workflow(self, name: str) -> str:
         return f"{self.prefix}:workflow:{name}"
 
-    def run_keys(self, run_id: str) -> list[str]:
-        """The 13 leading KEYS of every per-run script, in ``_prelude.lua``'s order."""
+    def gate(self, limit_key: str) -> str:
+        return f"{self.prefix}:gate:{limit_key}"
+
+    def gate_waiting(self, limit_key: str) -> str:
+        return f"{self.prefix}:gate:{limit_key}:waiting"
+
+    @property
+    def gates(self) -> str:
+        return f"{self.prefix}:gates"
+
+    def rate(self, limit_key: str) -> str:
+        return f"{self.prefix}:rate:{limit_key}"
+
+    def run_keys(self, run_id: str, limit_key: str) -> list[str]:
+        """The 17 leading KEYS of every per-run script, in ``_prelude.lua``'s order."""
         return [
             self.run(run_id),
             self.steps(run_id),
@@ -95,4 +113,8 @@ class Keys:
             self.queued,
             self.done(run_id),
             *(self.status(s) for s in STATUSES),
+            self.gate(limit_key),
+            self.gate_waiting(limit_key),
+            self.gates,
+            self.rate(limit_key),
         ]

@@ -58,12 +58,18 @@ class Heartbeat:
             store: Store = batch[0].store
             try:
                 results = store.renew_many(
-                    [(ex.run_id, ex.token, ex.current_step) for ex in batch], self.lease_ms
+                    [(ex.run_id, ex.limit_key, ex.token, ex.current_step) for ex in batch],
+                    self.lease_ms,
                 )
             except FlowConnectionError as exc:
                 logger.warning("lease renewal failed: %s (the runs' leases may expire)", exc)
                 continue
-            for ex, (owned, cancel) in zip(batch, results, strict=True):
+            with self._lock:
+                # a run that finished while we renewed is no longer running: not a lost lease
+                still = [id(ex) in self._active for ex in batch]
+            for ex, active, (owned, cancel) in zip(batch, still, results, strict=True):
+                if not active:
+                    continue
                 if not owned:
                     ex.lost = True
                     ex.log.warning("lease lost: another execution owns this run now")

@@ -32,7 +32,13 @@ class Maintenance:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.counters = {"promoted": 0, "recovered": 0, "republished": 0, "purged": 0}
+        self.counters = {
+            "promoted": 0,
+            "recovered": 0,
+            "republished": 0,
+            "purged": 0,
+            "handed_off": 0,
+        }
 
     def start(self) -> None:
         with self._lock:
@@ -54,8 +60,7 @@ class Maintenance:
         thread.join(timeout=5)
 
     def _publish(self, claimed: list[Claimed], counter: str) -> None:
-        for c in claimed:
-            self.flow._publish(c.workflow, c.run_id, c.token, c.queue)
+        self.flow._publish_claimed(claimed)
         self.counters[counter] += len(claimed)
 
     def promote(self) -> float:
@@ -85,6 +90,10 @@ class Maintenance:
         ids, _, _ = store.due(store.keys.queued, _BATCH, age)
         self._publish(store.claim_stale_queued(ids, age), "republished")
 
+    def sweep_gates(self) -> None:
+        """Hand gate slots freed without a release (lapsed reservations) to waiters."""
+        self._publish(self.flow.store.sweep_gates(), "handed_off")
+
     def purge(self) -> int:
         """Delete terminal runs older than the retention period, index entries included."""
         store = self.flow.store
@@ -98,10 +107,11 @@ class Maintenance:
     def _loop(self) -> None:
         flow = self.flow
         reap_every = min(1.0, flow.lease_seconds / 4)
-        due = {"reap": 0.0, "republish": 0.0, "purge": 0.0, "sync": 0.0}
-        every = {"reap": reap_every, "republish": 5.0, "purge": 60.0, "sync": 60.0}
+        due = {"reap": 0.0, "gates": 0.0, "republish": 0.0, "purge": 0.0, "sync": 0.0}
+        every = {"reap": reap_every, "gates": 1.0, "republish": 5.0, "purge": 60.0, "sync": 60.0}
         jobs = {
             "reap": self.reap,
+            "gates": self.sweep_gates,
             "republish": self.republish,
             "purge": self.purge,
             "sync": flow.sync_registry,

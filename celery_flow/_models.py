@@ -82,6 +82,27 @@ class RunInfo(BaseModel):
         return self.status in ("succeeded", "failed", "canceled")
 
 
+class GateStatus(BaseModel):
+    """State of one limit key's gate (``Flow.gate_status``).
+
+    Attributes:
+        key: the limit key (the workflow name unless ``limit_key=`` says otherwise).
+        max_concurrency / rate_limit: the limits of the workflows registered with this key here.
+        holders: run ids holding (or reserved for) a slot.
+        waiting: runs waiting for a slot, in Redis, FIFO.
+        next_start_at: earliest time the rate limit allows the next start (None: now).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    key: str
+    max_concurrency: int | None = None
+    rate_limit: str | None = None
+    holders: list[str] = []
+    waiting: int = 0
+    next_start_at: datetime | None = None
+
+
 class RunPage(BaseModel):
     """One page of :meth:`Flow.list_runs`; pass ``next_cursor`` back for the next page."""
 

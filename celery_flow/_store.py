@@ -37,7 +37,12 @@ _SCRIPT_NAMES = (
     "purge_run",
     "due",
     "sync_registry",
+    "gate_sweep",
 )
+
+
+# Scripts that touch only KEYS[1] (run) and KEYS[2] (steps): they get just those two.
+_RUN_AND_STEPS_ONLY = frozenset({"record_step", "update"})
 
 
 def redact(url: str) -> str:
@@ -75,6 +80,7 @@ class Claimed:
     token: str
     queue: str
     workflow: str
+    limit_key: str
 
 
 @dataclass(frozen=True)
@@ -86,6 +92,10 @@ class Started:
     status: str = ""
     run: dict[str, str] | None = None
     steps: dict[str, str] | None = None
+
+
+def _claimed(rows: Sequence[Sequence[str]]) -> list[Claimed]:
+    return [Claimed(r[0], r[1], r[2], r[3], r[4]) for r in rows]
 
 
 def _pairs(flat: Sequence[str]) -> dict[str, str]:
@@ -118,11 +128,14 @@ class Store:
                 "and that Flow(redis_url=...) / CELERY_FLOW_REDIS_URL points at it."
             ) from exc
 
-    def _run(self, name: str, run_id: str, args: Sequence[Any], extra: Sequence[str] = ()) -> Any:
+    def _run(
+        self, name: str, run_id: str, limit_key: str, args: Sequence[Any], extra: Sequence[str] = ()
+    ) -> Any:
+        keys = [*self.keys.run_keys(run_id, limit_key), *extra]
+        if name in _RUN_AND_STEPS_ONLY:
+            keys = keys[:2]  # the hot per-step path: pack 2 keys, not 17
         with self.errors():
-            return self._scripts[name](
-                keys=[*self.keys.run_keys(run_id), *extra], args=[run_id, *args]
-            )
+            return self._scripts[name](keys=keys, args=[run_id, *args])
 
     # -- lifecycle: one script, one round trip each -------------------------------------------
 
@@ -140,16 +153,24 @@ class Store:
         run_at_ms: int,
         timeout_ms: int,
         limit_key: str,
+        gate_max: int,
+        rate: tuple[int, int] | None,
+        lease_ms: int,
     ) -> tuple[bool, str, str, str]:
-        """Create a run. 1 round trip. Returns (created, run_id, token, status)."""
+        """Create and admit a run. 1 round trip.
+
+        Returns (created, run_id, token, outcome); outcome ``queued`` means: publish now.
+        """
         extra = [
             self.keys.created,
             self.keys.workflow_runs(workflow),
             self.keys.idempotency(workflow, idem_key or "-"),
         ]
+        rate_n, rate_ms = rate or (0, 0)
         res = self._run(
             "enqueue",
             run_id,
+            limit_key,
             [
                 workflow,
                 input_json,
@@ -161,6 +182,10 @@ class Store:
                 run_at_ms,
                 timeout_ms,
                 limit_key,
+                gate_max,
+                rate_n,
+                rate_ms,
+                lease_ms,
             ],
             extra,
         )
@@ -168,34 +193,36 @@ class Store:
             return False, res[1], "", ""
         return True, res[1], res[2], res[3]
 
-    def start(self, run_id: str, token: str, lease_ms: int) -> Started:
+    def start(self, run_id: str, token: str, lease_ms: int, limit_key: str) -> Started:
         """Claim a delivered run and load it with its whole step cache. 1 round trip."""
-        res = self._run("start", run_id, [token, lease_ms])
+        res = self._run("start", run_id, limit_key, [token, lease_ms])
         if res[0] != "ok":
             return Started(res[0], status=res[1] if len(res) > 1 else "")
         return Started("ok", token=res[1], run=_pairs(res[2]), steps=_pairs(res[3]))
 
     def record_step(
-        self, run_id: str, token: str, name: str, record: str, compensable: bool
+        self, run_id: str, limit_key: str, token: str, name: str, record: str, compensable: bool
     ) -> tuple[bool, bool]:
         """Store a step record. 1 round trip. Returns (still owned, cancel requested)."""
-        res = self._run("record_step", run_id, [token, name, record, "1" if compensable else "0"])
+        res = self._run(
+            "record_step", run_id, limit_key, [token, name, record, "1" if compensable else "0"]
+        )
         return bool(res[0]), len(res) > 1 and res[1] == "1"
 
-    def update(self, run_id: str, token: str, **fields: str) -> tuple[bool, bool]:
+    def update(self, run_id: str, limit_key: str, token: str, **fields: str) -> tuple[bool, bool]:
         """Set fields of a running run. 1 round trip. Returns (owned, cancel requested)."""
         flat = [x for kv in fields.items() for x in kv]
-        res = self._run("update", run_id, [token, *flat])
+        res = self._run("update", run_id, limit_key, [token, *flat])
         return bool(res[0]), len(res) > 1 and res[1] == "1"
 
     def renew_many(
-        self, leases: Sequence[tuple[str, str, str]], lease_ms: int
+        self, leases: Sequence[tuple[str, str, str, str]], lease_ms: int
     ) -> list[tuple[bool, bool]]:
-        """Renew (run_id, token, current_step) leases. 1 round trip for all of them."""
+        """Renew (run_id, limit_key, token, current_step) leases. 1 round trip for all."""
         with self.errors(), self.redis.pipeline(transaction=False) as pipe:
-            for run_id, token, step in leases:
+            for run_id, limit_key, token, step in leases:
                 self._scripts["renew"](
-                    keys=self.keys.run_keys(run_id),
+                    keys=self.keys.run_keys(run_id, limit_key),
                     args=[run_id, token, lease_ms, step],
                     client=pipe,
                 )
@@ -203,20 +230,42 @@ class Store:
         return [(bool(r[0]), len(r) > 1 and r[1] == "1") for r in res]
 
     def finalize(
-        self, run_id: str, token: str, status: str, output: str, error: str, retention_ms: int
-    ) -> bool:
-        """Terminal transition, fenced. 1 round trip. False: stale token, nothing written."""
-        return bool(self._run("finalize", run_id, [token, status, output, error, retention_ms]))
+        self,
+        run_id: str,
+        limit_key: str,
+        token: str,
+        status: str,
+        output: str,
+        error: str,
+        ttl_ms: int,
+    ) -> tuple[bool, list[Claimed]]:
+        """Terminal transition, fenced; frees the gate slot. 1 round trip.
 
-    def schedule_retry(self, run_id: str, token: str, delay_ms: int, error: str) -> int:
-        """running -> scheduled for the next attempt. 1 round trip. 0: stale token."""
-        return int(self._run("schedule_retry", run_id, [token, delay_ms, error]))
+        Returns (written, waiters to publish); written is False for a stale token.
+        """
+        res = self._run("finalize", run_id, limit_key, [token, status, output, error, ttl_ms])
+        return bool(res[0]), _claimed(res[1] if len(res) > 1 else [])
 
-    def cancel(self, run_id: str, reason: str, error: str, retention_ms: int) -> list[str]:
-        """Cancel or request cancellation. 1 round trip. See cancel.lua for the outcomes."""
-        return list(self._run("cancel", run_id, [reason, error, retention_ms]))
+    def schedule_retry(
+        self, run_id: str, limit_key: str, token: str, delay_ms: int, error: str
+    ) -> tuple[int, list[Claimed]]:
+        """running -> scheduled for the next attempt. 1 round trip. due 0: stale token."""
+        res = self._run("schedule_retry", run_id, limit_key, [token, delay_ms, error])
+        return int(res[0]), _claimed(res[1] if len(res) > 1 else [])
 
-    # -- maintenance: 1 round trip to find candidates + 1 pipelined round trip to claim --------
+    def limit_keys(self, ids: Sequence[str]) -> list[str]:
+        """The limit key of each run ('' when gone). 1 round trip."""
+        with self.errors(), self.redis.pipeline(transaction=False) as pipe:
+            for run_id in ids:
+                pipe.hget(self.keys.run(run_id), "limit_key")
+            return [str(k or "") for k in pipe.execute()]
+
+    def cancel(self, run_id: str, reason: str, error: str, ttl_ms: int) -> list[Any]:
+        """Cancel or request cancellation. 2 round trips. See cancel.lua for the outcomes."""
+        (limit_key,) = self.limit_keys([run_id])
+        return list(self._run("cancel", run_id, limit_key, [reason, error, ttl_ms]))
+
+    # -- maintenance: 1 round trip to find candidates + 2 pipelined round trips to claim -------
 
     def due(self, zset: str, limit: int, offset_ms: int = 0) -> tuple[list[str], int | None, int]:
         """Ids scored at or before now - offset; plus the next score and Redis' now (ms)."""
@@ -227,13 +276,14 @@ class Store:
     def _claim_many(self, script: str, ids: Sequence[str], *args: Any) -> list[Claimed]:
         if not ids:
             return []
+        limit_keys = self.limit_keys(ids)
         with self.errors(), self.redis.pipeline(transaction=False) as pipe:
-            for run_id in ids:
+            for run_id, limit_key in zip(ids, limit_keys, strict=True):
                 self._scripts[script](
-                    keys=self.keys.run_keys(run_id), args=[run_id, *args], client=pipe
+                    keys=self.keys.run_keys(run_id, limit_key), args=[run_id, *args], client=pipe
                 )
             res = pipe.execute()
-        return [Claimed(rid, r[0], r[1], r[2]) for rid, r in zip(ids, res, strict=True) if r]
+        return [c for r in res for c in _claimed(r)]
 
     def claim_expired(self, ids: Sequence[str]) -> list[Claimed]:
         return self._claim_many("claim_expired", ids)
@@ -244,6 +294,22 @@ class Store:
     def claim_stale_queued(self, ids: Sequence[str], age_ms: int) -> list[Claimed]:
         return self._claim_many("claim_stale_queued", ids, age_ms)
 
+    def sweep_gates(self) -> list[Claimed]:
+        """Hand free slots of every gate with waiters to them. 2 round trips."""
+        with self.errors():
+            limit_keys = sorted(str(k) for k in self.redis.smembers(self.keys.gates))
+            if not limit_keys:
+                return []
+            with self.redis.pipeline(transaction=False) as pipe:
+                for limit_key in limit_keys:
+                    self._scripts["gate_sweep"](
+                        keys=self.keys.run_keys("-", limit_key),
+                        args=["-", limit_key],
+                        client=pipe,
+                    )
+                res = pipe.execute()
+        return [c for r in res for c in _claimed(r)]
+
     def purge(self, ids: Sequence[str], cutoff_ms: int) -> int:
         """Delete terminal runs finished at or before the cutoff. 2 round trips."""
         if not ids:
@@ -251,16 +317,13 @@ class Store:
         with self.errors():
             with self.redis.pipeline(transaction=False) as pipe:
                 for run_id in ids:
-                    pipe.hget(self.keys.run(run_id), "workflow")
-                workflows = pipe.execute()
+                    pipe.hmget(self.keys.run(run_id), "workflow", "limit_key")
+                found = pipe.execute()
             with self.redis.pipeline(transaction=False) as pipe:
-                for run_id, wf in zip(ids, workflows, strict=True):
+                for run_id, (wf, limit_key) in zip(ids, found, strict=True):
                     extra = [self.keys.created, self.keys.workflow_runs(str(wf or "-"))]
-                    self._scripts["purge_run"](
-                        keys=[*self.keys.run_keys(run_id), *extra],
-                        args=[run_id, cutoff_ms],
-                        client=pipe,
-                    )
+                    keys = [*self.keys.run_keys(run_id, str(limit_key or "-")), *extra]
+                    self._scripts["purge_run"](keys=keys, args=[run_id, cutoff_ms], client=pipe)
                 return sum(int(x) for x in pipe.execute())
 
     def sync_registry(self, app_id: str, metas: Sequence[dict[str, str]], grace_ms: int) -> int:
@@ -276,6 +339,15 @@ class Store:
             ]
             args: list[str | int] = [app_id, grace_ms, len(metas), *map(json.dumps, metas), *stale]
             return int(self._scripts["sync_registry"](keys=keys, args=args))
+
+    def gate_state(self, limit_key: str) -> tuple[list[tuple[str, float]], int, str | None]:
+        """(holders with lease deadlines, waiting count, rate TAT ms). 1 round trip."""
+        with self.errors(), self.redis.pipeline(transaction=False) as pipe:
+            pipe.zrange(self.keys.gate(limit_key), 0, -1, withscores=True)
+            pipe.zcard(self.keys.gate_waiting(limit_key))
+            pipe.get(self.keys.rate(limit_key))
+            holders, waiting, tat = pipe.execute()
+        return list(holders), int(waiting), tat
 
     # -- reads -------------------------------------------------------------------------------
 

@@ -133,11 +133,23 @@ class Workflow(Generic[R]):
         )
         return validated, text
 
+    def resolve_limit_key_static(self) -> str | None:
+        """The limit key when it does not depend on the input (None for a callable)."""
+        if callable(self.limit_key):
+            return None
+        return self.limit_key or self.name
+
     def resolve_limit_key(self, validated: Any) -> str:
         if self.limit_key is None:
             return self.name
         if callable(self.limit_key):
-            return str(self.limit_key(validated))
+            key = self.limit_key(validated)
+            if not isinstance(key, str) or not key or any(c in key for c in " {}"):
+                raise InputValidationError(
+                    f"limit_key of workflow {self.name!r} returned {key!r} for this input; it "
+                    "must return a non-empty string without spaces or braces, e.g. a tenant id."
+                )
+            return key
         return self.limit_key
 
     # -- execution ----------------------------------------------------------------------------

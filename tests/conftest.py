@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,3 +52,20 @@ def env(flow_redis_url: str, flow_prefix: str) -> Iterator[Env]:
     client = redis.Redis.from_url(flow_redis_url, decode_responses=True)
     yield Env(app, flow, client, flow_prefix)
     client.close()
+
+
+@pytest.fixture
+def proc_flow(flow_redis_url, flow_prefix, monkeypatch):
+    """Import the subprocess app in this process too (same prefix) to start runs."""
+
+    def load(broker: str) -> Any:
+        monkeypatch.setenv("CF_TEST_BROKER", broker)
+        monkeypatch.setenv("CF_TEST_REDIS", flow_redis_url)
+        monkeypatch.setenv("CF_TEST_PREFIX", flow_prefix)
+        sys.modules.pop("tests.apps.proc_app", None)
+        import tests.apps.proc_app as mod
+
+        return mod
+
+    yield load
+    sys.modules.pop("tests.apps.proc_app", None)

@@ -1,15 +1,17 @@
--- enqueue: create a run (queued or scheduled) with its indexes and idempotency mapping.
--- KEYS[1..13] run keys (see _prelude.lua)
--- KEYS[14] runs:created zset   KEYS[15] wf:<name>:runs zset   KEYS[16] idem:<wf>:<key> string
+-- enqueue: create a run with its indexes and idempotency mapping, and admit it through its gate.
+-- KEYS[1..17] run keys (see _prelude.lua)
+-- KEYS[18] runs:created zset   KEYS[19] wf:<name>:runs zset   KEYS[20] idem:<wf>:<key> string
 -- ARGV[1] run id   ARGV[2] workflow   ARGV[3] input JSON   ARGV[4] queue ('' = Celery routing)
 -- ARGV[5] max_attempts   ARGV[6] parent run id or ''   ARGV[7] idempotency key or ''
 -- ARGV[8] idempotency TTL ms   ARGV[9] run_at ms (0 = now)   ARGV[10] timeout ms (0 = none)
--- ARGV[11] limit key or ''
+-- ARGV[11] limit key   ARGV[12] max_concurrency (0 = none)   ARGV[13] rate count (0 = none)
+-- ARGV[14] rate period ms   ARGV[15] lease ms
 -- Returns {'existing', run_id} when the idempotency key or the run id is taken (nothing written),
--- else {'created', run_id, token, status}.
+-- else {'created', run_id, token, outcome}: outcome 'queued' means publish now; 'gated' (waits
+-- for a slot), 'scheduled' (run_at or rate limit) mean a later script publishes it.
 local id = ARGV[1]
 if ARGV[7] ~= '' then
-  local existing = redis.call('GET', KEYS[16])
+  local existing = redis.call('GET', KEYS[20])
   if existing then return {'existing', existing} end
 end
 if redis.call('EXISTS', KEYS[RUN]) == 1 then return {'existing', id} end
@@ -17,17 +19,23 @@ local now = now_ms()
 local run_at = tonumber(ARGV[9])
 redis.call('HSET', KEYS[RUN], 'id', id, 'workflow', ARGV[2], 'input', ARGV[3], 'queue', ARGV[4],
   'max_attempts', ARGV[5], 'parent', ARGV[6], 'idem_key', ARGV[7], 'attempt', 1, 'token', 1,
-  'created_at', now, 'timeout_ms', ARGV[10], 'limit_key', ARGV[11])
-local status = 'queued'
+  'created_at', now, 'timeout_ms', ARGV[10], 'limit_key', ARGV[11], 'gate_max', ARGV[12],
+  'rate_n', ARGV[13], 'rate_ms', ARGV[14], 'lease_ms', ARGV[15])
+redis.call('ZADD', KEYS[18], now, id)
+redis.call('ZADD', KEYS[19], now, id)
+if ARGV[7] ~= '' then redis.call('SET', KEYS[20], id, 'PX', ARGV[8]) end
 if run_at > now then
-  status = 'scheduled'
   redis.call('HSET', KEYS[RUN], 'run_at', run_at)
   redis.call('ZADD', KEYS[TIMERS], run_at, id)
-else
-  redis.call('ZADD', KEYS[QUEUED], now, id)
+  move_status(id, nil, 'scheduled', now)
+  return {'created', id, '1', 'scheduled'}
 end
-move_status(id, nil, status, now)
-redis.call('ZADD', KEYS[14], now, id)
-redis.call('ZADD', KEYS[15], now, id)
-if ARGV[7] ~= '' then redis.call('SET', KEYS[16], id, 'PX', ARGV[8]) end
-return {'created', id, '1', status}
+local res = admit(id, KEYS[RUN], gate_conf(KEYS[RUN]), now)
+if res == 'ok' then
+  redis.call('ZADD', KEYS[QUEUED], now, id)
+  move_status(id, nil, 'queued', now)
+  return {'created', id, '1', 'queued'}
+end
+park(id, KEYS[RUN], nil, res, now)
+if res == 'gated' then return {'created', id, '1', 'gated'} end
+return {'created', id, '1', 'scheduled'}

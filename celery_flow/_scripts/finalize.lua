@@ -1,10 +1,11 @@
--- finalize: running -> succeeded | failed | canceled, fenced by token.
--- KEYS[1..13] run keys
+-- finalize: running -> succeeded | failed | canceled, fenced by token; frees the gate slot.
+-- KEYS[1..17] run keys
 -- ARGV[1] run id   ARGV[2] token   ARGV[3] terminal status   ARGV[4] output JSON or ''
--- ARGV[5] error JSON or ''   ARGV[6] retention ms (TTL of the run, its steps and done marker)
--- Returns 1, or 0 when the token is stale (a zombie execution: nothing written).
+-- ARGV[5] error JSON or ''   ARGV[6] TTL ms of the run, its steps and done marker
+-- Returns {1, woken} (woken: waiters handed the slot, to publish), or {0} when the token is
+-- stale (a zombie execution: nothing written).
 local id = ARGV[1]
-if not owns(ARGV[2]) then return 0 end
+if not owns(ARGV[2]) then return {0} end
 local now = now_ms()
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[RUN], 'output', ARGV[4]) end
 if ARGV[5] ~= '' then
@@ -13,4 +14,4 @@ else
   redis.call('HDEL', KEYS[RUN], 'error')
 end
 terminate(id, 'running', ARGV[3], now, tonumber(ARGV[6]))
-return 1
+return {1, release(id, now)}

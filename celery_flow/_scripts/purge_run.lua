@@ -1,5 +1,5 @@
 -- purge_run: delete one terminal run, its steps and every index entry.
--- KEYS[1..13] run keys   KEYS[14] runs:created   KEYS[15] wf:<name>:runs
+-- KEYS[1..17] run keys   KEYS[18] runs:created   KEYS[19] wf:<name>:runs
 -- ARGV[1] run id   ARGV[2] cutoff ms: only runs finished at or before it are deleted
 -- Returns 1 when deleted, 0 when the run is not terminal or finished after the cutoff.
 -- A run whose hash already expired is only removed from the indexes.
@@ -11,5 +11,8 @@ if v[1] then
 end
 redis.call('DEL', KEYS[RUN], KEYS[STEPS], KEYS[DONE])
 for i = 3, 5 do redis.call('ZREM', KEYS[i], id) end
-for i = 7, 15 do redis.call('ZREM', KEYS[i], id) end
+for i = 7, 13 do redis.call('ZREM', KEYS[i], id) end
+redis.call('ZREM', KEYS[WAITING], id)
+redis.call('ZREM', KEYS[18], id)
+redis.call('ZREM', KEYS[19], id)
 return 1

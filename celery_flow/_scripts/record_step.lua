@@ -1,5 +1,5 @@
 -- record_step: store one step record, fenced by the execution's token.
--- KEYS[1..13] run keys
+-- KEYS[1] run hash   KEYS[2] steps hash (only these two are passed: the hot path)
 -- ARGV[1] run id   ARGV[2] token   ARGV[3] step name   ARGV[4] step record JSON
 -- ARGV[5] '1' when the step has a compensation (marks the run compensable)
 -- Returns {1, cancel_requested} or {0} when the token no longer owns the run (write rejected).

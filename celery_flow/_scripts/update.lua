@@ -1,5 +1,5 @@
 -- update: set fields of a running run (progress, phase, error), fenced by token.
--- KEYS[1..13] run keys
+-- KEYS[1] run hash   KEYS[2] steps hash (only these two are passed: the hot path)
 -- ARGV[1] run id   ARGV[2] token   ARGV[3..] field, value pairs
 -- Returns {1, cancel_requested} or {0} when the token no longer owns the run.
 if not owns(ARGV[2]) then return {0} end

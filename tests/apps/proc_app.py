@@ -54,3 +54,30 @@ def slow_second_step(ctx) -> dict:
         return calls
 
     return {"first": first, "second": ctx.step.run("second", second)}
+
+
+def _track_peak(name: str, hold: float) -> int:
+    """Count this run as active, remember the peak, hold the slot, then stop counting."""
+    active = bump(f"{name}:active")
+    _probe.zadd(f"{PREFIX}:probe:{name}:peak", {"peak": active}, gt=True)
+    try:
+        time.sleep(hold)
+    finally:
+        _probe.decr(f"{PREFIX}:probe:{name}:active")
+    return active
+
+
+@flow.workflow(name="gated", max_concurrency=3)
+def gated(ctx, n: int) -> dict:
+    ctx.step.run("hold", _track_peak, "gated", 0.15)
+    return {"n": n, "pid": os.getpid()}
+
+
+@flow.workflow(name="gated-slow", max_concurrency=1)
+def gated_slow(ctx, n: int) -> int:
+    def hold() -> int:
+        if bump(f"slow:{n}") == 1 and n == 0:
+            time.sleep(120)  # the first run's first execution is killed in here
+        return n
+
+    return int(ctx.step.run("hold", hold))

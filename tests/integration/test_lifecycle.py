@@ -222,23 +222,29 @@ def test_a_zombie_executions_writes_are_rejected_by_the_fencing_token(env):
         run_at_ms=0,
         timeout_ms=0,
         limit_key="fenced",
+        gate_max=0,
+        rate=None,
+        lease_ms=2000,
     )
-    first = store.start(run_id, token, lease_ms=60_000)
+    first = store.start(run_id, token, 60_000, "fenced")
     assert first.outcome == "ok" and first.token == "2"
     env.redis.zadd(store.keys.running, {run_id: 0})  # the lease ran out
     (claimed,) = store.claim_expired([run_id])
-    second = store.start(run_id, claimed.token, lease_ms=60_000)
+    second = store.start(run_id, claimed.token, 60_000, "fenced")
     assert second.outcome == "ok" and second.token == "4"
 
     # When the zombie (token 2) tries to write, nothing is written
-    assert store.record_step(run_id, "2", "s", '{"status":"succeeded"}', False) == (False, False)
-    assert store.finalize(run_id, "2", "succeeded", "1", "", 1000) is False
-    assert store.schedule_retry(run_id, "2", 10, "{}") == 0
+    assert store.record_step(run_id, "fenced", "2", "s", '{"status":"succeeded"}', False) == (
+        False,
+        False,
+    )
+    assert store.finalize(run_id, "fenced", "2", "succeeded", "1", "", 1000) == (False, [])
+    assert store.schedule_retry(run_id, "fenced", "2", 10, "{}") == (0, [])
     # and a duplicate delivery of an old message is a no-op
-    assert store.start(run_id, token, 60_000).outcome == "stale"
-    assert store.start(run_id, claimed.token, 60_000).outcome == "stale"
+    assert store.start(run_id, token, 60_000, "fenced").outcome == "stale"
+    assert store.start(run_id, claimed.token, 60_000, "fenced").outcome == "stale"
     # while the owner's writes go through
-    assert store.finalize(run_id, "4", "succeeded", "1", "", 60_000) is True
+    assert store.finalize(run_id, "fenced", "4", "succeeded", "1", "", 60_000) == (True, [])
     assert env.flow.get_run(run_id).status == "succeeded"
     assert env.flow.get_run(run_id).attempt == 1  # recovery did not consume an attempt
 
@@ -253,7 +259,7 @@ def test_a_duplicate_delivery_of_the_same_message_executes_the_run_once(env):
     handle = once.run()
     token = env.redis.hget(env.flow.store.keys.run(handle.id), "token")
     for _ in range(3):
-        env.flow._publish("once", handle.id, token, "")
+        env.flow._publish("once", handle.id, token, "", "once")
     with env.worker():
         assert handle.result(timeout=10) == 1
         time.sleep(0.3)
@@ -273,11 +279,12 @@ def test_the_reaper_recovers_a_run_whose_worker_died_mid_run(env):
     store = env.flow.store
     handle = recovers.run()
     token = env.redis.hget(store.keys.run(handle.id), "token")
-    dead = store.start(handle.id, token, lease_ms=300)
+    dead = store.start(handle.id, token, 300, "recovers")
     assert dead.outcome == "ok"
     bump()
     store.record_step(
         handle.id,
+        "recovers",
         dead.token,
         "first",
         '{"kind":"run","status":"succeeded","seq":1,"attempts":1,"output":1}',
@@ -316,6 +323,9 @@ def test_a_run_whose_publish_was_lost_is_republished(flow_redis_url, flow_prefix
         run_at_ms=0,
         timeout_ms=0,
         limit_key="lost",
+        gate_max=0,
+        rate=None,
+        lease_ms=2000,
     )
     from celery_flow.testing import start_flow_worker
 

@@ -119,10 +119,11 @@ def test_durations_and_names():
 
 
 def test_run_keys_share_a_hash_tag_and_follow_the_prelude_order():
-    keys = Keys("p").run_keys("abc")
+    keys = Keys("p").run_keys("abc", "tenant-1")
     assert keys[:2] == ["p:run:{abc}", "p:run:{abc}:steps"]
-    assert keys[5] == "p:run:{abc}:done" and len(keys) == 13
-    assert keys[6:] == [
+    assert keys[5] == "p:run:{abc}:done" and len(keys) == 17
+    assert keys[13:] == ["p:gate:tenant-1", "p:gate:tenant-1:waiting", "p:gates", "p:rate:tenant-1"]
+    assert keys[6:13] == [
         f"p:runs:status:{s}"
         for s in ("scheduled", "queued", "running", "waiting", "succeeded", "failed", "canceled")
     ]
@@ -142,6 +143,7 @@ def test_the_public_api_is_frozen():
             "Flow",
             "FlowConnectionError",
             "FlowError",
+            "GateStatus",
             "InputValidationError",
             "MapFailed",
             "NonRetriableError",

@@ -1,0 +1,109 @@
+"""The Celery app the core benchmark runs: one worker serves plain tasks and workflows alike.
+
+Configuration comes from the environment, so ``celery -A bench.app worker`` and the benchmark
+driver (``python -m bench.bench_core``) build the very same app:
+
+* ``CELERY_FLOW_BENCH_REDIS_URL``: broker, result backend and celery_flow state (one Redis);
+* ``CELERY_FLOW_BENCH_PREFIX``: celery_flow key prefix, also used as the default queue name, so
+  a benchmark on a shared Redis never mixes with other traffic.
+
+Contents:
+
+* ``bench.noop``: a plain Celery task with the Redis result backend; returns its argument.
+* ``one-step``: a workflow with one ``ctx.step.run``; returns its input.
+* ``many-steps``: ``n`` steps (``n`` is the input), each a no-op lambda; returns ``n``.
+* ``replay-steps``: ``n`` steps, then a planned failure on attempt 1; attempt 2 (a whole-run
+  retry, no backoff) replays the ``n`` cached steps and reports how long the replay took and
+  how many Redis round trips it made (counted on the worker's celery_flow Redis client).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from celery import Celery
+
+from celery_flow import Context, Flow, Retries
+
+REDIS_URL = os.environ.get("CELERY_FLOW_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+PREFIX = os.environ.get("CELERY_FLOW_BENCH_PREFIX", "celery-flow-bench")
+
+app = Celery("bench", broker=REDIS_URL, backend=REDIS_URL)
+app.conf.update(
+    task_default_queue=PREFIX,
+    broker_connection_retry_on_startup=True,
+    result_expires=3600,
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+)
+flow = Flow(app, redis_url=REDIS_URL, prefix=PREFIX)
+
+
+@app.task(name="bench.noop")  # type: ignore[untyped-decorator]
+def noop(i: int = 0) -> int:
+    """The plain-Celery baseline: a task that returns its argument."""
+    return i
+
+
+@flow.workflow(name="one-step")
+def one_step(ctx: Context, i: int) -> int:
+    return ctx.step.run("only", lambda: i)
+
+
+@flow.workflow(name="many-steps")
+def many_steps(ctx: Context, n: int) -> int:
+    for k in range(n):
+        ctx.step.run(f"s{k}", lambda: None)
+    return n
+
+
+class PlannedFailure(Exception):
+    """Raised by ``replay-steps`` on its first attempt so that attempt 2 replays every step."""
+
+
+@contextmanager
+def count_round_trips() -> Iterator[Callable[[], int]]:
+    """Count connections checked out of celery_flow's Redis pool by the calling thread.
+
+    redis-py checks a connection out once per command and once per pipeline, so this is the
+    number of round trips this thread made (other threads, e.g. the heartbeat, are ignored).
+    """
+    pool = flow.store.redis.connection_pool
+    original = pool.get_connection
+    me = threading.get_ident()
+    counter = [0]
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        if threading.get_ident() == me:
+            counter[0] += 1
+        return original(*args, **kwargs)
+
+    pool.get_connection = counting  # type: ignore[method-assign]
+    try:
+        yield lambda: counter[0]
+    finally:
+        del pool.get_connection  # back to the class attribute
+
+
+@flow.workflow(
+    name="replay-steps",
+    retries=Retries(max_attempts=2, backoff="fixed", base_delay=0.0, jitter=False),
+)
+def replay_steps(ctx: Context, n: int) -> dict[str, Any]:
+    with count_round_trips() as round_trips:
+        t0 = time.perf_counter()
+        for k in range(n):
+            ctx.step.run(f"s{k}", lambda: None)
+        elapsed_ms = (time.perf_counter() - t0) * 1000
+        trips = round_trips()
+    loop = {"attempt": ctx.attempt, "ms": elapsed_ms, "round_trips": trips}
+    first = ctx.step.run("first-attempt", lambda: loop)
+    if ctx.attempt == 1:
+        raise PlannedFailure("planned failure: the retry replays every cached step")
+    return {"n": n, "first": first, "replay": loop}

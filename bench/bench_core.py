@@ -1,0 +1,858 @@
+"""Core benchmark: celery_flow workflows vs plain Celery tasks, side by side, on one worker.
+
+Reproduce (from the repository root)::
+
+    python -m bench.bench_core                     # or: make bench
+    python -m bench.bench_core --pool threads      # the other pool
+    python -m bench.bench_core --quick             # a smoke run with small counts
+    CELERY_FLOW_BENCH_REDIS_URL=redis://host:6379/9 python -m bench.bench_core
+
+Set-up: a throwaway ``redis-server`` (``celery_flow.testing.RedisServer``) unless
+``CELERY_FLOW_BENCH_REDIS_URL`` is set, and ONE real ``celery worker`` subprocess for the app in
+``bench/app.py`` (``--pool``, ``--concurrency``; default prefork x 4). That worker serves the
+plain task ``bench.noop`` (Redis result backend) and the workflows ``one-step``, ``many-steps``
+and ``replay-steps`` from one queue, and the same Redis is broker, result backend and
+celery_flow state. The driver (this process) is the caller. After a warm-up it measures:
+
+a. throughput: N one-step runs started with ``.run()`` then awaited with ``handle.result()``,
+   vs N ``bench.noop.delay()`` awaited with ``AsyncResult.get()``; runs/s and ratio ours/plain.
+b. round-trip latency p50/p99, sequential and interleaved: ``wf.run(i).result()`` vs
+   ``noop.delay(i).get()``.
+c. enqueue latency p50/p99 of ``.run()`` alone (only the call is timed), with the worker
+   executing the runs meanwhile; for context also ``noop.delay()`` and ``.run()`` to a queue
+   no worker consumes (the caller's cost without CPU contention from the worker).
+d. per-step overhead: (worker-side duration of a 500-step run - that of a 1-step run) / 499,
+   durations from ``RunInfo.finished_at - started_at`` (``flow.get_run``), median of a few
+   runs; and the replay cost of cached steps (time and Redis round trips, counted inside the
+   worker by ``replay-steps``; the design says 0 round trips).
+e. Redis commands per run: ``INFO commandstats`` deltas around sequential batches of one-step
+   runs and of plain tasks, minus the idle background rate (worker polling, celery_flow
+   maintenance) measured just before. Script-internal commands are included there; a MONITOR
+   taken during the same batches gives top-level commands (~ round trips) split by caller /
+   worker. Broker and result-backend traffic are in the same Redis, so both sides count them.
+
+Results go to ``bench/results/core.json`` and ``bench/results/core.md`` (printed at the end).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).resolve().parent / "results"
+TARGETS = {
+    "throughput_ratio": 0.8,  # ours / plain, higher is better
+    "enqueue_p50_ms": 2.0,
+    "per_step_ms": 0.3,
+    "replay_round_trips_per_cached_step": 0.0,
+}
+IGNORED_COMMANDS = {"info", "monitor", "client|list", "echo"}  # the benchmark's own probes
+MONITOR_STOP = "celery-flow-bench-monitor-stop"
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# -- statistics --------------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile (p in 0..100)."""
+    ordered = sorted(values)
+    rank = max(1, math.ceil(p / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def summary_ms(seconds: Sequence[float]) -> dict[str, float]:
+    ms = [s * 1000 for s in seconds]
+    return {
+        "n": len(ms),
+        "p50_ms": round(percentile(ms, 50), 3),
+        "p99_ms": round(percentile(ms, 99), 3),
+        "mean_ms": round(statistics.fmean(ms), 3),
+        "max_ms": round(max(ms), 3),
+    }
+
+
+def ratio(a: float, b: float) -> float:
+    return round(a / b, 3) if b else float("nan")
+
+
+# -- processes ---------------------------------------------------------------------------------
+
+
+def start_worker(
+    pool: str, concurrency: int, env: dict[str, str], logfile: Path
+) -> subprocess.Popen[bytes]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "bench.app",
+        "worker",
+        "--pool",
+        pool,
+        "--concurrency",
+        str(concurrency),
+        "--loglevel",
+        "WARNING",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+        "--hostname",
+        f"bench-{uuid.uuid4().hex[:6]}@%h",
+    ]
+    with logfile.open("wb") as out:
+        return subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def stop_worker(proc: subprocess.Popen[bytes]) -> None:
+    """Warm shutdown (SIGTERM); after 15 s, SIGKILL the worker's own process group."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        log("worker did not stop within 15 s; killing its process group")
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # its own session: only the worker's processes
+        proc.wait(5)
+
+
+def process_tree(pid: int) -> list[int]:
+    """pid and its descendants (Linux /proc; just [pid] elsewhere)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as fh:
+                    todo.extend(int(c) for c in fh.read().split())
+    return out
+
+
+def tcp_ports(pids: Sequence[int]) -> set[int]:
+    """Local TCP ports of the sockets these processes hold (Linux only; empty elsewhere)."""
+    inodes: set[str] = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    if target.startswith("socket:["):
+                        inodes.add(target[8:-1])
+    ports: set[int] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as fh:
+            for line in fh.read().splitlines()[1:]:
+                parts = line.split()
+                if len(parts) > 9 and parts[9] in inodes:
+                    ports.add(int(parts[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+# -- Redis accounting --------------------------------------------------------------------------
+
+
+def command_calls(r: redis.Redis) -> Counter[str]:
+    stats = r.info("commandstats")
+    return Counter({k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()})
+
+
+def delta(after: Counter[str], before: Counter[str]) -> Counter[str]:
+    out: Counter[str] = Counter()
+    for k in after:
+        d = after[k] - before.get(k, 0)
+        if d > 0 and k not in IGNORED_COMMANDS:
+            out[k] = d
+    return out
+
+
+@dataclass
+class MonitorTap:
+    """Records top-level commands (not script-internal ones) seen by MONITOR in a thread."""
+
+    url: str
+    sha_names: dict[str, str]
+    lines: list[tuple[str, str]] = field(default_factory=list)  # (client port, command label)
+    _thread: threading.Thread | None = None
+    _ready: threading.Event = field(default_factory=threading.Event)
+
+    def _label(self, command: str) -> str:
+        parts = command.split(" ", 2)
+        name = parts[0].lower()
+        if name == "evalsha" and len(parts) > 1:
+            return f"evalsha:{self.sha_names.get(parts[1], parts[1][:8])}"
+        return name
+
+    def _run(self) -> None:
+        client = redis.Redis.from_url(self.url)
+        with client.monitor() as mon:  # type: ignore[no-untyped-call]
+            self._ready.set()
+            for cmd in mon.listen():
+                if cmd["client_type"] == "lua":
+                    continue
+                if MONITOR_STOP in cmd["command"]:
+                    break
+                self.lines.append((cmd["client_port"], self._label(cmd["command"])))
+        client.close()
+
+    def __enter__(self) -> MonitorTap:
+        self._thread = threading.Thread(target=self._run, name="bench-monitor", daemon=True)
+        self._thread.start()
+        self._ready.wait(5)
+        time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        client = redis.Redis.from_url(self.url)
+        client.echo(MONITOR_STOP)
+        client.close()
+        if self._thread:
+            self._thread.join(10)
+
+
+# -- phases ------------------------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, mod: ModuleType, worker: subprocess.Popen[bytes], args: argparse.Namespace):
+        self.mod = mod
+        self.flow = mod.flow
+        self.worker = worker
+        self.args = args
+        self.r = redis.Redis.from_url(mod.REDIS_URL, decode_responses=True)
+
+    def check_worker(self) -> None:
+        if self.worker.poll() is not None:
+            raise RuntimeError(f"the celery worker exited with status {self.worker.returncode}")
+
+    def wait_all(self, items: Sequence[Any], get: Callable[[Any], Any], label: str) -> None:
+        for i, item in enumerate(items):
+            value = get(item)
+            if value != i:
+                raise AssertionError(f"{label}: item {i} returned {value!r}")
+            if (i + 1) % 500 == 0:
+                log(f"  {label}: {i + 1}/{len(items)} done")
+
+    def flow_result(self, h: Any) -> Any:
+        return h.result(timeout=120)
+
+    @staticmethod
+    def plain_result(r: Any) -> Any:
+        return r.get(timeout=120)
+
+    def warm_up(self) -> None:
+        log("waiting for the worker (a plain task and a workflow)...")
+        deadline = time.monotonic() + 60
+        while True:
+            self.check_worker()
+            try:
+                self.mod.noop.delay(0).get(timeout=2)
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+        self.mod.one_step.run(0).result(timeout=30)
+        n = self.args.warmup
+        log(f"warm-up: {n} runs of each kind, batched then sequential")
+        hs = [self.mod.one_step.run(i) for i in range(n)]
+        rs = [self.mod.noop.delay(i) for i in range(n)]
+        self.wait_all(hs, self.flow_result, "warm-up flow")
+        self.wait_all(rs, self.plain_result, "warm-up plain")
+        for i in range(n // 4):
+            self.mod.one_step.run(i).result(timeout=30)
+            self.mod.noop.delay(i).get(timeout=30)
+        self.mod.many_steps.run(50).result(timeout=30)
+
+    def throughput(self) -> dict[str, Any]:
+        n, rounds = self.args.runs, self.args.rounds
+        out: dict[str, Any] = {"n": n, "rounds": rounds}
+        per_round: dict[str, list[dict[str, float]]] = {"flow": [], "plain": []}
+        for rnd in range(rounds):
+            order = ("plain", "flow") if rnd % 2 == 0 else ("flow", "plain")
+            for label in order:
+                log(
+                    f"(a) throughput, round {rnd + 1}/{rounds}, {label}: starting {n} runs, "
+                    "then waiting for all"
+                )
+                t0 = time.perf_counter()
+                if label == "flow":
+                    items: list[Any] = [self.mod.one_step.run(i) for i in range(n)]
+                    t_enq = time.perf_counter()
+                    self.wait_all(items, self.flow_result, label)
+                else:
+                    items = [self.mod.noop.delay(i) for i in range(n)]
+                    t_enq = time.perf_counter()
+                    self.wait_all(items, self.plain_result, label)
+                elapsed = time.perf_counter() - t0
+                per_round[label].append(
+                    {
+                        "seconds": round(elapsed, 3),
+                        "runs_per_s": round(n / elapsed, 1),
+                        "enqueue_seconds": round(t_enq - t0, 3),
+                    }
+                )
+                log(
+                    f"  {label}: {n / elapsed:.0f} runs/s ({elapsed:.2f} s, of which "
+                    f"{t_enq - t0:.2f} s starting them)"
+                )
+                self.check_worker()
+        for label, rows in per_round.items():
+            out[label] = {
+                "runs_per_s": statistics.median(r["runs_per_s"] for r in rows),
+                "rounds": rows,
+            }
+        out["ratio"] = ratio(out["flow"]["runs_per_s"], out["plain"]["runs_per_s"])
+        return out
+
+    def latency(self) -> dict[str, Any]:
+        n = self.args.latency_iters
+        log(f"(b) round-trip latency: {n} sequential iterations each, interleaved")
+        flow_s: list[float] = []
+        plain_s: list[float] = []
+        for i in range(n):
+            t0 = time.perf_counter()
+            self.mod.one_step.run(i).result(timeout=30)
+            t1 = time.perf_counter()
+            self.mod.noop.delay(i).get(timeout=30)
+            t2 = time.perf_counter()
+            flow_s.append(t1 - t0)
+            plain_s.append(t2 - t1)
+            if (i + 1) % 100 == 0:
+                log(f"  {i + 1}/{n}")
+        flow, plain = summary_ms(flow_s), summary_ms(plain_s)
+        return {
+            "flow": flow,
+            "plain": plain,
+            "ratio_p50": ratio(flow["p50_ms"], plain["p50_ms"]),
+            "ratio_p99": ratio(flow["p99_ms"], plain["p99_ms"]),
+        }
+
+    def enqueue(self) -> dict[str, Any]:
+        n = self.args.enqueue_iters
+        parked = f"{self.mod.PREFIX}-parked"  # a queue no worker consumes
+        out: dict[str, Any] = {"n": n, "parked_queue": parked}
+        variants: list[tuple[str, Callable[[int], Any]]] = [
+            ("flow", lambda i: self.mod.one_step.run(i)),
+            ("plain", lambda i: self.mod.noop.delay(i)),
+            ("flow_parked", lambda i: self.mod.one_step.run(i, queue=parked)),
+            ("plain_parked", lambda i: self.mod.noop.apply_async((i,), queue=parked)),
+        ]
+        for label, call in variants:
+            log(f"(c) enqueue latency, {label}: {n} calls, only the call is timed")
+            times: list[float] = []
+            items: list[Any] = []
+            for i in range(n):
+                t0 = time.perf_counter()
+                item = call(i)
+                times.append(time.perf_counter() - t0)
+                items.append(item)
+            out[label] = summary_ms(times)
+            log(f"  p50 {out[label]['p50_ms']:.3f} ms, p99 {out[label]['p99_ms']:.3f} ms")
+            if label == "flow":
+                self.wait_all(items, self.flow_result, "enqueued flow runs")
+            elif label == "plain":
+                self.wait_all(items, self.plain_result, "enqueued plain tasks")
+            elif label == "flow_parked":  # never executed: cancel the runs, drop the messages
+                for h in items:
+                    h.cancel("benchmark cleanup")
+                self.r.delete(parked)
+            else:
+                for r in items:
+                    r.forget()  # unsubscribes from the result channel
+                self.r.delete(parked)
+        out["ratio_p50"] = ratio(out["flow"]["p50_ms"], out["plain"]["p50_ms"])
+        out["ratio_p50_parked"] = ratio(out["flow_parked"]["p50_ms"], out["plain_parked"]["p50_ms"])
+        return out
+
+    def run_ms(self, run_id: str) -> float:
+        info = self.flow.get_run(run_id)
+        if info.status != "succeeded" or not info.started_at or not info.finished_at:
+            raise AssertionError(f"run {run_id}: {info.status}")
+        return float((info.finished_at - info.started_at).total_seconds() * 1000)
+
+    def per_step(self) -> dict[str, Any]:
+        steps, reps = self.args.steps, self.args.step_reps
+        log(f"(d) per-step overhead: {reps} x many-steps(1) and {reps} x many-steps({steps})")
+        one: list[float] = []
+        many: list[float] = []
+        many_client: list[float] = []
+        for _ in range(reps):
+            h = self.mod.many_steps.run(1)
+            h.result(timeout=60)
+            one.append(self.run_ms(h.id))
+            t0 = time.perf_counter()
+            h = self.mod.many_steps.run(steps)
+            h.result(timeout=120)
+            many_client.append((time.perf_counter() - t0) * 1000)
+            many.append(self.run_ms(h.id))
+        one_med, many_med = statistics.median(one), statistics.median(many)
+        per_step = (many_med - one_med) / (steps - 1)
+        log(f"  {per_step:.4f} ms per step (worker side)")
+        log(f"    replay: replay-steps({steps}) fails once, attempt 2 replays every step")
+        rep = self.mod.replay_steps.run(steps).result(timeout=120)
+        first, again = rep["first"], rep["replay"]
+        return {
+            "steps": steps,
+            "reps": reps,
+            "one_step_run_ms": [round(x, 1) for x in one],
+            "many_step_run_ms": [round(x, 1) for x in many],
+            "many_step_client_ms": [round(x, 1) for x in many_client],
+            "per_step_ms": round(per_step, 4),
+            "replay": {
+                "first_attempt_loop_ms": round(first["ms"], 2),
+                "first_attempt_round_trips": first["round_trips"],
+                "replay_loop_ms": round(again["ms"], 2),
+                "replay_round_trips": again["round_trips"],
+                "replay_ms_per_cached_step": round(again["ms"] / steps, 5),
+                "replay_round_trips_per_cached_step": again["round_trips"] / steps,
+            },
+        }
+
+    def commands(self) -> dict[str, Any]:
+        n, idle = self.args.cmd_runs, self.args.idle_seconds
+        log(f"(e) Redis commands: idle background over {idle:.0f} s, then {n} sequential runs each")
+        before = command_calls(self.r)
+        time.sleep(idle)
+        background = delta(command_calls(self.r), before)
+        rate = {k: v / idle for k, v in background.items()}
+        store = self.flow.store
+        sha_names = {script.sha: name for name, script in store._scripts.items()}
+        worker_pids = process_tree(self.worker.pid)
+        out: dict[str, Any] = {
+            "n": n,
+            "idle_seconds": idle,
+            "background_per_s": {k: round(v, 2) for k, v in sorted(rate.items())},
+        }
+        batches: list[tuple[str, Callable[[int], Any]]] = [
+            ("flow", lambda i: self.mod.one_step.run(i).result(timeout=30)),
+            ("plain", lambda i: self.mod.noop.delay(i).get(timeout=30)),
+        ]
+        for label, once in batches:
+            with MonitorTap(self.mod.REDIS_URL, sha_names) as tap:
+                before = command_calls(self.r)
+                t0 = time.perf_counter()
+                for i in range(n):
+                    once(i)
+                elapsed = time.perf_counter() - t0
+                after = command_calls(self.r)
+                mine = tcp_ports([os.getpid()])
+                theirs = tcp_ports(process_tree(self.worker.pid) or worker_pids)
+            raw = delta(after, before)
+            net = {k: v - rate.get(k, 0.0) * elapsed for k, v in raw.items()}
+            per_run = {k: round(v / n, 2) for k, v in sorted(net.items()) if v / n >= 0.05}
+            sides: dict[str, Counter[str]] = {
+                "caller": Counter(),
+                "worker": Counter(),
+                "other": Counter(),
+            }
+            for port, cmd in tap.lines:
+                side = (
+                    "caller"
+                    if port.isdigit() and int(port) in mine
+                    else "worker"
+                    if port.isdigit() and int(port) in theirs
+                    else "other"
+                )
+                sides[side][cmd] += 1
+            out[label] = {
+                "seconds": round(elapsed, 3),
+                "commands_per_run": round(sum(net.values()) / n, 2),
+                "commands_per_run_raw": round(sum(raw.values()) / n, 2),
+                "by_command_per_run": per_run,
+                "top_level_per_run": {
+                    side: {
+                        "total": round(sum(c.values()) / n, 2),
+                        "by_command": {
+                            k: round(v / n, 2) for k, v in c.most_common() if v / n >= 0.05
+                        },
+                    }
+                    for side, c in sides.items()
+                },
+            }
+            log(
+                f"  {label}: {out[label]['commands_per_run']} commands per run "
+                f"(caller {out[label]['top_level_per_run']['caller']['total']} + worker "
+                f"{out[label]['top_level_per_run']['worker']['total']} top-level)"
+            )
+        return out
+
+
+# -- report ------------------------------------------------------------------------------------
+
+
+def versions(r: redis.Redis) -> dict[str, str]:
+    import celery
+    import kombu
+
+    import celery_flow
+
+    return {
+        "python": platform.python_version(),
+        "celery": celery.__version__,
+        "kombu": kombu.__version__,
+        "redis_py": redis.__version__,
+        "redis_server": str(r.info("server")["redis_version"]),
+        "celery_flow": celery_flow.__version__,
+    }
+
+
+def machine() -> dict[str, Any]:
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    model = ""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as fh:
+        for line in fh:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {"nproc": cpus, "cpu": model, "platform": platform.platform()}
+
+
+def cpu_probe_ms() -> float:
+    """Time of a fixed pure-Python loop: a yardstick for how fast this machine is right now."""
+    t0 = time.perf_counter()
+    x = 0
+    for i in range(2_000_000):
+        x += i
+    return round((time.perf_counter() - t0) * 1000, 1)
+
+
+def cpu_jiffies() -> tuple[int, int]:
+    """(steal, total) CPU jiffies from /proc/stat; (0, 0) where unavailable."""
+    with contextlib.suppress(OSError, ValueError, IndexError), open("/proc/stat") as fh:
+        fields = [int(x) for x in fh.readline().split()[1:]]
+        return fields[7], sum(fields[:8])
+    return 0, 0
+
+
+def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = [
+        (
+            "throughput ratio ours/plain",
+            res["throughput"]["ratio"],
+            ">=",
+            TARGETS["throughput_ratio"],
+        ),
+        (
+            "`.run()` enqueue p50 (ms)",
+            res["enqueue"]["flow"]["p50_ms"],
+            "<=",
+            TARGETS["enqueue_p50_ms"],
+        ),
+        ("per-step overhead (ms)", res["per_step"]["per_step_ms"], "<=", TARGETS["per_step_ms"]),
+        (
+            "round trips per cached step on replay",
+            res["per_step"]["replay"]["replay_round_trips_per_cached_step"],
+            "<=",
+            TARGETS["replay_round_trips_per_cached_step"],
+        ),
+    ]
+    return [
+        {
+            "metric": m,
+            "value": v,
+            "target": f"{op} {t:g}",
+            "pass": bool(v >= t if op == ">=" else v <= t),
+        }
+        for m, v, op, t in rows
+    ]
+
+
+def markdown(res: dict[str, Any]) -> str:
+    t, lat, enq = res["throughput"], res["latency"], res["enqueue"]
+    ps, cmd, cfg = res["per_step"], res["commands"], res["config"]
+    v, m, w = res["versions"], res["machine"], res["worker"]
+    ok = "PASS", "FAIL"
+
+    def top(side: dict[str, Any]) -> str:
+        return ", ".join(f"{k} {x:g}" for k, x in side["by_command"].items()) or "-"
+
+    lines = [
+        "# celery_flow core benchmark",
+        "",
+        f"- date: {res['date']}",
+        f"- machine: nproc {m['nproc']}, {m['cpu'] or 'cpu ?'}, {m['platform']}",
+        f"- machine noise: CPU steal {m['noise']['steal_percent']}% of CPU time during the run; "
+        f"yardstick loop (2M additions) {m['noise']['cpu_probe_ms_start']:g} ms before, "
+        f"{m['noise']['cpu_probe_ms_end']:g} ms after (lower = faster machine)",
+        f"- versions: python {v['python']}, celery {v['celery']}, kombu {v['kombu']}, "
+        f"redis-py {v['redis_py']}, redis-server {v['redis_server']}, "
+        f"celery_flow {v['celery_flow']}",
+        f"- worker: one `celery worker --pool {cfg['pool']} --concurrency {cfg['concurrency']}` "
+        "(gossip/mingle/heartbeat off), same queue and same Redis for plain tasks and "
+        f"workflows; Redis: {cfg['redis']}",
+        f"- reproduce: `{cfg['command']}`",
+        f"- worker exit code {w['exit_code']}; worker log: {w['warnings_unexpected']} unexpected "
+        f"warning/error lines, {w['warnings_expected']} expected (replay-steps' planned "
+        "failure)",
+        "",
+        "## Targets",
+        "",
+        "| metric | value | target | result |",
+        "|---|---:|---:|---|",
+        *(
+            f"| {row['metric']} | {row['value']:g} | {row['target']} | "
+            f"{ok[0] if row['pass'] else ok[1]} |"
+            for row in res["targets"]
+        ),
+        "",
+        "## Side by side",
+        "",
+        "| measure | celery_flow | plain Celery | ours/plain |",
+        "|---|---:|---:|---:|",
+        f"| (a) throughput, {t['n']} runs, median of {t['rounds']} rounds (runs/s) | "
+        f"{t['flow']['runs_per_s']:g} | {t['plain']['runs_per_s']:g} | {t['ratio']:g} |",
+        f"| (b) round trip p50 (ms), {lat['flow']['n']} sequential | {lat['flow']['p50_ms']:g} | "
+        f"{lat['plain']['p50_ms']:g} | {lat['ratio_p50']:g} |",
+        f"| (b) round trip p99 (ms) | {lat['flow']['p99_ms']:g} | {lat['plain']['p99_ms']:g} | "
+        f"{lat['ratio_p99']:g} |",
+        f"| (c) enqueue p50 (ms), {enq['n']} calls, worker busy | {enq['flow']['p50_ms']:g} | "
+        f"{enq['plain']['p50_ms']:g} | {enq['ratio_p50']:g} |",
+        f"| (c) enqueue p99 (ms) | {enq['flow']['p99_ms']:g} | {enq['plain']['p99_ms']:g} | "
+        f"{ratio(enq['flow']['p99_ms'], enq['plain']['p99_ms']):g} |",
+        f"| (c) enqueue p50 (ms), queue without consumer (no CPU contention) | "
+        f"{enq['flow_parked']['p50_ms']:g} | {enq['plain_parked']['p50_ms']:g} | "
+        f"{enq['ratio_p50_parked']:g} |",
+        f"| (c) enqueue p99 (ms), queue without consumer | {enq['flow_parked']['p99_ms']:g} | "
+        f"{enq['plain_parked']['p99_ms']:g} | "
+        f"{ratio(enq['flow_parked']['p99_ms'], enq['plain_parked']['p99_ms']):g} |",
+        f"| (e) Redis commands per run (incl. script-internal, idle rate subtracted) | "
+        f"{cmd['flow']['commands_per_run']:g} | {cmd['plain']['commands_per_run']:g} | "
+        f"{ratio(cmd['flow']['commands_per_run'], cmd['plain']['commands_per_run']):g} |",
+        f"| (e) top-level commands per run, caller side | "
+        f"{cmd['flow']['top_level_per_run']['caller']['total']:g} | "
+        f"{cmd['plain']['top_level_per_run']['caller']['total']:g} | |",
+        f"| (e) top-level commands per run, worker side | "
+        f"{cmd['flow']['top_level_per_run']['worker']['total']:g} | "
+        f"{cmd['plain']['top_level_per_run']['worker']['total']:g} | |",
+        "",
+        "## Steps",
+        "",
+        f"- (d) per-step overhead: {ps['per_step_ms']:g} ms/step = (median worker-side duration "
+        f"of a {ps['steps']}-step run, {statistics.median(ps['many_step_run_ms']):g} ms, - that "
+        f"of a 1-step run, {statistics.median(ps['one_step_run_ms']):g} ms) / {ps['steps'] - 1}"
+        f"; {ps['reps']} runs each (RunInfo.finished_at - started_at, ms resolution).",
+        f"- first execution of {ps['steps']} new steps: {ps['replay']['first_attempt_loop_ms']:g}"
+        f" ms, {ps['replay']['first_attempt_round_trips']} Redis round trips (1 per new step).",
+        f"- replay of {ps['steps']} cached steps: {ps['replay']['replay_loop_ms']:g} ms "
+        f"({ps['replay']['replay_ms_per_cached_step'] * 1000:.2f} us/step), "
+        f"{ps['replay']['replay_round_trips']} Redis round trips (design: 0).",
+        "",
+        "## Redis commands per run (e)",
+        "",
+        f"{cmd['n']} sequential `run().result()` vs `delay().get()`; background idle rate "
+        f"measured over {cmd['idle_seconds']:g} s and subtracted. Top-level commands from "
+        "MONITOR (a pipelined command counts once per command, not per round trip).",
+        "",
+        "| | celery_flow | plain Celery |",
+        "|---|---|---|",
+        f"| caller, top-level | {top(cmd['flow']['top_level_per_run']['caller'])} | "
+        f"{top(cmd['plain']['top_level_per_run']['caller'])} |",
+        f"| worker, top-level | {top(cmd['flow']['top_level_per_run']['worker'])} | "
+        f"{top(cmd['plain']['top_level_per_run']['worker'])} |",
+        f"| all commands (INFO commandstats) | "
+        f"{', '.join(f'{k} {x:g}' for k, x in cmd['flow']['by_command_per_run'].items())} | "
+        f"{', '.join(f'{k} {x:g}' for k, x in cmd['plain']['by_command_per_run'].items())} |",
+        "",
+    ]
+    if w["unexpected_excerpt"]:
+        lines += [
+            "## Worker log: unexpected warnings (first 5)",
+            "",
+            "```",
+            *w["unexpected_excerpt"][:5],
+            "```",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def worker_log_summary(lines: Sequence[str], exit_code: int | None) -> dict[str, Any]:
+    """Warnings and errors the worker logged; the planned failure of replay-steps is expected."""
+    flagged = [ln for ln in lines if re.search(r"WARNING|ERROR|CRITICAL|Traceback", ln)]
+    unexpected = [ln for ln in flagged if "PlannedFailure" not in ln]
+    return {
+        "exit_code": exit_code,
+        "log_lines": len(lines),
+        "warnings_expected": len(flagged) - len(unexpected),
+        "warnings_unexpected": len(unexpected),
+        "unexpected_excerpt": unexpected[:20],
+    }
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+# -- main --------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.bench_core",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--pool",
+        default="prefork",
+        choices=["prefork", "threads", "solo"],
+        help="worker pool (default: prefork)",
+    )
+    p.add_argument("--concurrency", type=int, default=4, help="worker concurrency (default: 4)")
+    p.add_argument("--runs", type=int, default=2000, help="(a) runs per side and round")
+    p.add_argument("--rounds", type=int, default=3, help="(a) rounds, alternating the order")
+    p.add_argument("--latency-iters", type=int, default=300, help="(b) iterations per side")
+    p.add_argument("--enqueue-iters", type=int, default=1000, help="(c) calls per variant")
+    p.add_argument("--steps", type=int, default=500, help="(d) steps of the long run")
+    p.add_argument("--step-reps", type=int, default=5, help="(d) runs of each length")
+    p.add_argument("--cmd-runs", type=int, default=200, help="(e) runs per side")
+    p.add_argument("--idle-seconds", type=float, default=3.0, help="(e) idle window")
+    p.add_argument("--warmup", type=int, default=200, help="warm-up runs per side")
+    p.add_argument("--quick", action="store_true", help="small counts: a smoke run")
+    p.add_argument("--out", type=Path, default=RESULTS, help="results directory")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.runs, args.rounds, args.latency_iters, args.enqueue_iters = 200, 1, 50, 100
+        args.steps, args.step_reps, args.cmd_runs = 100, 2, 50
+        args.idle_seconds, args.warmup = 1.0, 20
+    if args.steps < 2:
+        p.error("--steps must be >= 2")
+    return args
+
+
+@contextlib.contextmanager
+def redis_url() -> Iterator[tuple[str, str]]:
+    url = os.environ.get("CELERY_FLOW_BENCH_REDIS_URL")
+    if url:
+        yield url, "CELERY_FLOW_BENCH_REDIS_URL"
+        return
+    from celery_flow.testing import RedisServer
+
+    server = RedisServer().start()
+    try:
+        yield server.url, "throwaway redis-server (celery_flow.testing.RedisServer)"
+    finally:
+        server.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.monotonic()
+    probe_start, jiffies_start = cpu_probe_ms(), cpu_jiffies()
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    with redis_url() as (url, source), tempfile.TemporaryDirectory() as tmp:
+        os.environ["CELERY_FLOW_BENCH_REDIS_URL"] = url
+        os.environ["CELERY_FLOW_BENCH_PREFIX"] = prefix
+        import importlib
+
+        mod = importlib.import_module("bench.app")  # reads the two variables above
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        logfile = Path(tmp) / "worker.log"
+        log(f"Redis: {source}; prefix/queue {prefix}")
+        log(f"starting celery worker --pool {args.pool} --concurrency {args.concurrency}")
+        worker = start_worker(args.pool, args.concurrency, env, logfile)
+        ok = False
+        try:
+            bench = Bench(mod, worker, args)
+            bench.warm_up()
+            res: dict[str, Any] = {
+                "date": datetime.now(UTC).isoformat(timespec="seconds"),
+                "machine": machine(),
+                "versions": versions(bench.r),
+                "config": {
+                    "pool": args.pool,
+                    "concurrency": args.concurrency,
+                    "redis": source,
+                    "prefix": prefix,
+                    "command": " ".join(
+                        ["python -m bench.bench_core", *(sys.argv[1:] if argv is None else argv)]
+                    ),
+                    "counts": {
+                        k: getattr(args, k)
+                        for k in (
+                            "runs",
+                            "rounds",
+                            "latency_iters",
+                            "enqueue_iters",
+                            "steps",
+                            "step_reps",
+                            "cmd_runs",
+                            "idle_seconds",
+                            "warmup",
+                        )
+                    },
+                },
+            }
+            res["throughput"] = bench.throughput()
+            res["latency"] = bench.latency()
+            res["enqueue"] = bench.enqueue()
+            res["per_step"] = bench.per_step()
+            res["commands"] = bench.commands()
+            bench.check_worker()
+            ok = True
+        finally:
+            log("stopping the worker")
+            stop_worker(worker)
+            lines = logfile.read_text(errors="replace").splitlines()
+            if not ok:
+                print(
+                    "---- worker log (last 40 lines) ----", *lines[-40:], sep="\n", file=sys.stderr
+                )
+        res["worker"] = worker_log_summary(lines, worker.returncode)
+    steal, total = (b - a for a, b in zip(jiffies_start, cpu_jiffies(), strict=True))
+    res["machine"]["noise"] = {
+        "cpu_probe_ms_start": probe_start,
+        "cpu_probe_ms_end": cpu_probe_ms(),
+        "steal_percent": round(100 * steal / total, 1) if total else None,
+    }
+    res["targets"] = targets(res)
+    res["seconds_total"] = round(time.monotonic() - started, 1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    md = markdown(res)
+    write_atomic(args.out / "core.json", json.dumps(res, indent=2) + "\n")
+    write_atomic(args.out / "core.md", md)
+    print()
+    print(md)
+    log(
+        f"wrote {args.out / 'core.json'} and {args.out / 'core.md'} "
+        f"({res['seconds_total']:.0f} s in total)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
