@@ -2,35 +2,33 @@
 
 from __future__ import annotations
 
+import logging
 import os
-import secrets
 import threading
-import time
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from types import MappingProxyType
 from typing import Any, TypeVar, overload
 
 import celery
 
-from . import _serde
+from . import _admin, _serde
 from ._bootsteps import install_worker_step
 from ._definitions import (
     Cron,
     Retries,
-    check_max_concurrency,
     check_name,
     parse_rate,
     to_seconds,
 )
 from ._engine import FailureContext, execute
 from ._handle import RunHandle, _not_found
-from ._keys import STATUSES
+from ._ids import new_run_id, run_at_ms
 from ._lease import Heartbeat
 from ._maintenance import Maintenance
 from ._models import GateStatus, RunInfo, RunPage, run_info_from_hash
-from ._store import Claimed, Store, _claimed, redact
-from ._workflow import Workflow, infer_schema
+from ._store import Claimed, Store, redact
+from ._workflow import UNSET, Workflow, build_workflow
 from .errors import (
     ConfigurationError,
     RunNotFound,
@@ -39,7 +37,7 @@ from .errors import (
 )
 
 R = TypeVar("R")
-_UNSET: Any = object()
+logger = logging.getLogger("celery_flow")
 REGISTRY_GRACE_MS = 30_000
 PURGE_GRACE_MS = 15 * 60_000
 
@@ -163,7 +161,7 @@ class Flow:
         retries: Retries | None = None,
         timeout: timedelta | float | None = None,
         cron: Cron | list[Cron] | tuple[Cron, ...] | None = None,
-        schema: Any = _UNSET,
+        schema: Any = UNSET,
         on_failure: Callable[[FailureContext], Any] | None = None,
     ) -> Callable[[Callable[..., R]], Workflow[R]]: ...
 
@@ -179,7 +177,7 @@ class Flow:
         retries: Retries | None = None,
         timeout: timedelta | float | None = None,
         cron: Cron | list[Cron] | tuple[Cron, ...] | None = None,
-        schema: Any = _UNSET,
+        schema: Any = UNSET,
         on_failure: Callable[[FailureContext], Any] | None = None,
     ) -> Workflow[R] | Callable[[Callable[..., R]], Workflow[R]]:
         """Register ``def handler(ctx, input)`` as a durable workflow (see API.md section 2).
@@ -219,39 +217,7 @@ class Flow:
                 f"workflow {name!r} is already registered (by {self._registry[name].fn!r}); "
                 "give one of them another name=."
             )
-        retries = opts["retries"] if opts["retries"] is not None else Retries()
-        if not isinstance(retries, Retries):
-            raise WorkflowDefinitionError(f"workflow {name!r}: retries= must be a Retries(...)")
-        cron = opts["cron"] or ()
-        cron = (cron,) if isinstance(cron, Cron) else tuple(cron)
-        if not all(isinstance(c, Cron) for c in cron):
-            raise WorkflowDefinitionError(f"workflow {name!r}: cron= takes Cron(...) objects")
-        queue = opts["queue"]
-        if queue is not None and (not isinstance(queue, str) or not queue):
-            raise WorkflowDefinitionError(f"workflow {name!r}: queue= must be a non-empty string")
-        on_failure = opts["on_failure"]
-        if on_failure is not None and not callable(on_failure):
-            raise WorkflowDefinitionError(f"workflow {name!r}: on_failure= must be callable")
-        limit_key = opts["limit_key"]
-        if limit_key is not None and not (isinstance(limit_key, str) or callable(limit_key)):
-            raise WorkflowDefinitionError(
-                f"workflow {name!r}: limit_key= must be a string or a callable(input) -> str"
-            )
-        schema = opts["schema"]
-        wf: Workflow[R] = Workflow(
-            self,
-            fn,
-            name=name,
-            queue=queue,
-            max_concurrency=check_max_concurrency(opts["max_concurrency"]),
-            rate_limit=opts["rate_limit"] if parse_rate(opts["rate_limit"]) else None,
-            limit_key=limit_key,
-            retries=retries,
-            timeout=to_seconds(opts["timeout"], what=f"workflow {name!r} timeout"),
-            cron=cron,
-            schema=infer_schema(fn, name) if schema is _UNSET else schema,
-            on_failure=on_failure,
-        )
+        wf: Workflow[R] = build_workflow(self, fn, name, opts)
         flow = self
 
         def run_task(run_id: str, token: str, limit_key: str | None = None) -> str:
@@ -271,8 +237,8 @@ class Flow:
             shared=False,
             typing=False,
         )
-        if queue:
-            task_opts["queue"] = queue
+        if wf.queue:
+            task_opts["queue"] = wf.queue
         self.app.task(**task_opts)(run_task)
         self._registry[name] = wf
         return wf
@@ -348,7 +314,7 @@ class Flow:
         run_id: str | None = None,
     ) -> RunHandle:
         validated, input_json = wf.dump_input(input)
-        run_at_ms = _run_at_ms(run_at, delay)
+        at_ms = run_at_ms(run_at, delay)
         if idempotency_key is not None and (
             not isinstance(idempotency_key, str) or not idempotency_key
         ):
@@ -365,7 +331,7 @@ class Flow:
             parent=parent,
             idem_key=idempotency_key or "",
             idem_ttl_ms=max(1, int(ttl * 1000)),
-            run_at_ms=run_at_ms,
+            run_at_ms=at_ms,
             timeout_ms=int((wf.timeout or 0) * 1000),
             limit_key=limit_key,
             gate_max=wf.max_concurrency or 0,
@@ -392,9 +358,7 @@ class Flow:
         except Exception as exc:
             # The run is durably queued; the republisher publishes it again after
             # republish_after seconds, so a broker blip delays the run but never loses it.
-            import logging
-
-            logging.getLogger("celery_flow").error(
+            logger.error(
                 "run %s (%s): broker publish failed (%r); a worker will republish it within %ss",
                 run_id,
                 workflow,
@@ -431,44 +395,12 @@ class Flow:
 
         Pass ``RunPage.next_cursor`` back as ``cursor`` for the next page. Steps are not loaded
         (use ``get_run``).
+
+        Example:
+            >>> page = flow.list_runs(workflow="process-order", status="failed", limit=20)
+            >>> more = flow.list_runs(workflow="process-order", cursor=page.next_cursor)
         """
-        if status is not None and status not in STATUSES:
-            raise ValueError(f"status={status!r}: expected one of {', '.join(STATUSES)}")
-        if not isinstance(limit, int) or not 1 <= limit <= 1000:
-            raise ValueError(f"limit={limit!r}: expected an int from 1 to 1000")
-        keys = self.store.keys
-        index = (
-            keys.status(status)
-            if status
-            else keys.workflow_runs(workflow)
-            if workflow
-            else keys.created
-        )
-        max_score, after = _parse_cursor(cursor)
-        runs: list[RunInfo] = []
-        while len(runs) < limit:
-            rows = self.store.index_page(index, max_score, after, limit)
-            if not rows:
-                max_score = None
-                break
-            hashes = self.store.load_many([rid for rid, _ in rows])
-            gone = [rid for (rid, _), h in zip(rows, hashes, strict=True) if not h]
-            self.store.drop_from_index(index, gone)
-            for (rid, score), h in zip(rows, hashes, strict=True):
-                max_score, after = score, rid
-                if (
-                    h
-                    and (workflow is None or h.get("workflow") == workflow)
-                    and (status is None or h.get("status") == status)
-                ):
-                    runs.append(run_info_from_hash(h))
-                    if len(runs) == limit:
-                        break
-            if len(rows) < limit and len(runs) < limit:
-                max_score = None
-                break
-        next_cursor = None if max_score is None else f"{int(max_score)}:{after}"
-        return RunPage(runs=runs, next_cursor=next_cursor)
+        return _admin.list_runs(self, workflow=workflow, status=status, limit=limit, cursor=cursor)
 
     def gate_status(self, key: str) -> GateStatus:
         """Holders, waiting count and rate budget of one limit key. 1 round trip.
@@ -477,88 +409,13 @@ class Flow:
             >>> flow.gate_status("process-order").waiting
             12
         """
-        holders, waiting, tat = self.store.gate_state(key)
-        now_ms = time.time() * 1000
-        live = [rid for rid, deadline in holders if deadline > now_ms]
-        limits = [wf for wf in self._registry.values() if wf.resolve_limit_key_static() == key]
-        next_ms = float(tat) if tat else 0.0
-        return GateStatus(
-            key=key,
-            max_concurrency=limits[0].max_concurrency if limits else None,
-            rate_limit=limits[0].rate_limit if limits else None,
-            holders=live,
-            waiting=waiting,
-            next_start_at=datetime.fromtimestamp(next_ms / 1000, tz=UTC)
-            if next_ms > now_ms
-            else None,
-        )
+        return _admin.gate_status(self, key)
 
     def cancel(self, run_id: str, reason: str | None = None) -> bool:
-        """Cancel a run. False when it was already terminal.
+        """Cancel a run. False when it was already terminal. 2-3 round trips.
 
         A queued, scheduled or waiting run is canceled at once (if it has steps with
         compensations, an execution first runs them). A running run stops at its next step
         boundary (``ctx.cancel_requested`` lets long steps check) and its compensations run.
         """
-        err = {
-            "type": "celery_flow.errors.RunCanceled",
-            "message": f"run {run_id} was canceled" + (f": {reason}" if reason else ""),
-        }
-        import json
-
-        res = self.store.cancel(run_id, reason or "", json.dumps(err), self.expire_ms)
-        if res[0] == "missing":
-            raise RunNotFound(_not_found(run_id))
-        if res[0] == "terminal":
-            return False
-        if res[0] == "compensate":
-            (limit_key,) = self.store.limit_keys([run_id])
-            self._publish(res[3], run_id, res[1], res[2], limit_key)
-        elif res[0] == "canceled":
-            self._publish_claimed(_claimed(res[1]))
-        return True
-
-
-_id_lock = threading.Lock()
-_id_last = [0, 0]  # last millisecond, sequence within it
-
-
-def new_run_id() -> str:
-    """32 hex chars: 48-bit ms time, 16-bit sequence, 64 random bits.
-
-    Ids sort by creation time (monotonic within a process), which breaks ties between runs
-    created in the same millisecond in ``list_runs``' newest-first order.
-    """
-    ms = time.time_ns() // 1_000_000
-    with _id_lock:
-        if ms <= _id_last[0]:
-            ms, seq = _id_last[0], _id_last[1] + 1
-        else:
-            seq = 0
-        _id_last[:] = [ms, seq]
-    return f"{ms:012x}{seq & 0xFFFF:04x}{secrets.token_hex(8)}"
-
-
-def _run_at_ms(run_at: datetime | None, delay: timedelta | float | None) -> int:
-    if run_at is not None and delay is not None:
-        raise WorkflowDefinitionError("pass run_at= or delay=, not both")
-    if run_at is not None:
-        if not isinstance(run_at, datetime):
-            raise WorkflowDefinitionError(f"run_at={run_at!r}: expected a datetime")
-        if run_at.tzinfo is None:
-            raise WorkflowDefinitionError(
-                f"run_at={run_at!r} is naive; pass an aware datetime, e.g. "
-                "datetime(..., tzinfo=timezone.utc)"
-            )
-        return int(run_at.astimezone(UTC).timestamp() * 1000)
-    seconds = to_seconds(delay, what="delay")
-    return int((time.time() + seconds) * 1000) if seconds else 0
-
-
-def _parse_cursor(cursor: str | None) -> tuple[float | None, str | None]:
-    if cursor is None:
-        return None, None
-    score, sep, rid = cursor.partition(":")
-    if not sep or not score.isdigit() or not rid:
-        raise ValueError(f"cursor={cursor!r} is not a cursor returned by list_runs")
-    return float(score), rid
+        return _admin.cancel(self, run_id, reason)

@@ -260,10 +260,13 @@ class Store:
                 pipe.hget(self.keys.run(run_id), "limit_key")
             return [str(k or "") for k in pipe.execute()]
 
-    def cancel(self, run_id: str, reason: str, error: str, ttl_ms: int) -> list[Any]:
-        """Cancel or request cancellation. 2 round trips. See cancel.lua for the outcomes."""
+    def cancel(self, run_id: str, reason: str, error: str, ttl_ms: int) -> tuple[str, list[Any]]:
+        """Cancel or request cancellation. 2 round trips.
+
+        Returns (the run's limit key, cancel.lua's reply).
+        """
         (limit_key,) = self.limit_keys([run_id])
-        return list(self._run("cancel", run_id, limit_key, [reason, error, ttl_ms]))
+        return limit_key, list(self._run("cancel", run_id, limit_key, [reason, error, ttl_ms]))
 
     # -- maintenance: 1 round trip to find candidates + 2 pipelined round trips to claim -------
 

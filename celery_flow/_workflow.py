@@ -12,7 +12,14 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from . import _serde
-from ._definitions import Cron, Retries
+from ._definitions import (
+    Cron,
+    Retries,
+    check_max_concurrency,
+    check_name,
+    parse_rate,
+    to_seconds,
+)
 from .errors import InputValidationError, WorkflowDefinitionError
 
 if TYPE_CHECKING:
@@ -21,6 +28,7 @@ if TYPE_CHECKING:
     from ._handle import RunHandle
 
 R = TypeVar("R")
+UNSET: Any = object()  # "schema= not given": infer it from the handler's annotation
 
 
 def infer_schema(fn: Callable[..., Any], name: str) -> Any:
@@ -200,3 +208,45 @@ def _type_name(schema: Any) -> str:
     if isinstance(schema, type) and issubclass(schema, BaseModel):
         return schema.__name__
     return repr(schema)
+
+
+def build_workflow(
+    flow: Flow, fn: Callable[..., R], name: str, opts: dict[str, Any]
+) -> Workflow[R]:
+    """Validate the decorator's options (naming the workflow in every error) and build it."""
+    retries = opts["retries"] if opts["retries"] is not None else Retries()
+    if not isinstance(retries, Retries):
+        raise WorkflowDefinitionError(f"workflow {name!r}: retries= must be a Retries(...)")
+    cron = opts["cron"] or ()
+    cron = (cron,) if isinstance(cron, Cron) else tuple(cron)
+    if not all(isinstance(c, Cron) for c in cron):
+        raise WorkflowDefinitionError(f"workflow {name!r}: cron= takes Cron(...) objects")
+    queue = opts["queue"]
+    if queue is not None and (not isinstance(queue, str) or not queue):
+        raise WorkflowDefinitionError(f"workflow {name!r}: queue= must be a non-empty string")
+    on_failure = opts["on_failure"]
+    if on_failure is not None and not callable(on_failure):
+        raise WorkflowDefinitionError(f"workflow {name!r}: on_failure= must be callable")
+    limit_key = opts["limit_key"]
+    if limit_key is not None and not (
+        (isinstance(limit_key, str) and check_name(limit_key, what="limit_key"))
+        or callable(limit_key)
+    ):
+        raise WorkflowDefinitionError(
+            f"workflow {name!r}: limit_key= must be a string or a callable(input) -> str"
+        )
+    schema = opts["schema"]
+    return Workflow(
+        flow,
+        fn,
+        name=name,
+        queue=queue,
+        max_concurrency=check_max_concurrency(opts["max_concurrency"]),
+        rate_limit=opts["rate_limit"] if parse_rate(opts["rate_limit"]) else None,
+        limit_key=limit_key,
+        retries=retries,
+        timeout=to_seconds(opts["timeout"], what=f"workflow {name!r} timeout"),
+        cron=cron,
+        schema=infer_schema(fn, name) if schema is UNSET else schema,
+        on_failure=on_failure,
+    )
