@@ -1,13 +1,16 @@
-"""The Celery app the core benchmark runs: one worker serves plain tasks and workflows alike.
+"""The Celery app the benchmarks run: one worker serves plain tasks and workflows alike.
 
 Configuration comes from the environment, so ``celery -A bench.app worker`` and the benchmark
-driver (``python -m bench.bench_core``) build the very same app:
+drivers (``python -m bench.bench_core``, ``python -m bench.bench_gate``) build the very same app:
 
 * ``CELERY_FLOW_BENCH_REDIS_URL``: broker, result backend and celery_flow state (one Redis);
 * ``CELERY_FLOW_BENCH_PREFIX``: celery_flow key prefix, also used as the default queue name, so
-  a benchmark on a shared Redis never mixes with other traffic.
+  a benchmark on a shared Redis never mixes with other traffic;
+* ``CELERY_FLOW_BENCH_COUNT_TASKS``: comma-separated Celery task names whose executions the
+  worker counts (see :func:`count_execution`); unset (as in ``bench_core``) = no counting, no
+  extra Redis traffic.
 
-Contents:
+Contents (core benchmark):
 
 * ``bench.noop``: a plain Celery task with the Redis result backend; returns its argument.
 * ``one-step``: a workflow with one ``ctx.step.run``; returns its input.
@@ -15,6 +18,14 @@ Contents:
 * ``replay-steps``: ``n`` steps, then a planned failure on attempt 1; attempt 2 (a whole-run
   retry, no backoff) replays the ``n`` cached steps and reports how long the replay took and
   how many Redis round trips it made (counted on the worker's celery_flow Redis client).
+
+Contents (gate benchmark; each workflow is its own limit key):
+
+* ``gate-serial``: ``max_concurrency=1``, one no-op step; returns ``{"i", "t0", "t1"}``, the
+  worker's ``time.time()`` at handler entry and just before it returns (precise start / end).
+* ``gate-wide``: ``max_concurrency=1000`` (never blocks here, but goes through the gate code),
+  one step; returns its input. ``gate-free``: the very same body without any limit.
+* ``gate-rate``: ``rate_limit="20/s"``, one no-op step; returns ``{"i", "t0"}``.
 """
 
 from __future__ import annotations
@@ -26,7 +37,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import redis
 from celery import Celery
+from celery.signals import task_postrun
 
 from celery_flow import Context, Flow, Retries
 
@@ -107,3 +120,60 @@ def replay_steps(ctx: Context, n: int) -> dict[str, Any]:
     if ctx.attempt == 1:
         raise PlannedFailure("planned failure: the retry replays every cached step")
     return {"n": n, "first": first, "replay": loop}
+
+
+# -- gate benchmark ----------------------------------------------------------------------------
+
+COUNTED_TASKS = frozenset(
+    n for n in os.environ.get("CELERY_FLOW_BENCH_COUNT_TASKS", "").split(",") if n.strip()
+)
+EXECUTIONS_KEY = f"{PREFIX}:bench:executions"
+_counter_client: list[redis.Redis] = []  # one per process, made after the prefork fork
+
+
+def count_execution(sender: Any = None, retval: Any = None, **_: Any) -> None:
+    """``task_postrun`` handler: one pipelined round trip per execution of a counted task.
+
+    Increments two fields of the hash ``EXECUTIONS_KEY``: ``<task name>`` (every execution,
+    whatever its outcome) and ``<task name>|<outcome>`` (celery_flow's task returns the outcome:
+    ``succeeded``, ``gated``, ``stale``, ...; an exception counts as ``raised``). It runs after
+    the task body, so it never delays a run's start or its gate release.
+    """
+    name = getattr(sender, "name", "")
+    if name not in COUNTED_TASKS:
+        return
+    if not _counter_client:
+        _counter_client.append(redis.Redis.from_url(REDIS_URL))
+    outcome = retval if isinstance(retval, str) else "raised"
+    pipe = _counter_client[0].pipeline(transaction=False)
+    pipe.hincrby(EXECUTIONS_KEY, name, 1)
+    pipe.hincrby(EXECUTIONS_KEY, f"{name}|{outcome}", 1)
+    pipe.execute()
+
+
+if COUNTED_TASKS:
+    task_postrun.connect(count_execution, weak=False)
+
+
+@flow.workflow(name="gate-serial", max_concurrency=1)
+def gate_serial(ctx: Context, i: int) -> dict[str, Any]:
+    t0 = time.time()
+    ctx.step.run("noop", lambda: None)
+    return {"i": i, "t0": t0, "t1": time.time()}
+
+
+@flow.workflow(name="gate-wide", max_concurrency=1000)
+def gate_wide(ctx: Context, i: int) -> int:
+    return ctx.step.run("only", lambda: i)
+
+
+@flow.workflow(name="gate-free")
+def gate_free(ctx: Context, i: int) -> int:
+    return ctx.step.run("only", lambda: i)
+
+
+@flow.workflow(name="gate-rate", rate_limit="20/s")
+def gate_rate(ctx: Context, i: int) -> dict[str, Any]:
+    t0 = time.time()
+    ctx.step.run("noop", lambda: None)
+    return {"i": i, "t0": t0}

@@ -19,6 +19,27 @@ def counter(env, name):
     return (lambda *a: env.redis.incr(key)), (lambda: int(env.redis.get(key) or 0))
 
 
+def enqueue_without_publishing(store, run_id, workflow):
+    """Record a queued run as .run() would, but publish no message (a publisher that died)."""
+    _created, run_id, token, _ = store.enqueue(
+        run_id,
+        workflow=workflow,
+        input_json="null",
+        queue="",
+        max_attempts=1,
+        parent="",
+        idem_key="",
+        idem_ttl_ms=1,
+        run_at_ms=0,
+        timeout_ms=0,
+        limit_key=workflow,
+        gate_max=0,
+        rate=None,
+        lease_ms=2000,
+    )
+    return run_id, token
+
+
 def status_memberships(env, run_id):
     return [s for s in STATUSES if env.redis.zscore(env.flow.store.keys.status(s), run_id)]
 
@@ -210,22 +231,7 @@ def test_a_zombie_executions_writes_are_rejected_by_the_fencing_token(env):
         return 1
 
     # Given an execution that started (token 2) and then lost its lease
-    _created, run_id, token, _ = store.enqueue(
-        "zombie-run",
-        workflow="fenced",
-        input_json="null",
-        queue="",
-        max_attempts=1,
-        parent="",
-        idem_key="",
-        idem_ttl_ms=1,
-        run_at_ms=0,
-        timeout_ms=0,
-        limit_key="fenced",
-        gate_max=0,
-        rate=None,
-        lease_ms=2000,
-    )
+    run_id, token = enqueue_without_publishing(store, "zombie-run", "fenced")
     first = store.start(run_id, token, 60_000, "fenced")
     assert first.outcome == "ok" and first.token == "2"
     env.redis.zadd(store.keys.running, {run_id: 0})  # the lease ran out
@@ -311,22 +317,7 @@ def test_a_run_whose_publish_was_lost_is_republished(flow_redis_url, flow_prefix
         return "found"
 
     # Given a run that was recorded but whose publisher died before publishing
-    _created, run_id, _, _ = flow.store.enqueue(
-        "lost-run",
-        workflow="lost",
-        input_json="null",
-        queue="",
-        max_attempts=1,
-        parent="",
-        idem_key="",
-        idem_ttl_ms=1,
-        run_at_ms=0,
-        timeout_ms=0,
-        limit_key="lost",
-        gate_max=0,
-        rate=None,
-        lease_ms=2000,
-    )
+    run_id, _ = enqueue_without_publishing(flow.store, "lost-run", "lost")
     from celery_flow.testing import start_flow_worker
 
     with start_flow_worker(app):
