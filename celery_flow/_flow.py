@@ -312,7 +312,13 @@ class Flow:
         queue: str | None,
         parent: str = "",
         run_id: str | None = None,
-    ) -> RunHandle:
+        skip_if_full: bool = False,
+    ) -> RunHandle | None:
+        """Validate, record and publish a run (see Workflow.run).
+
+        Returns None only when ``skip_if_full`` and the workflow's gate is at max_concurrency
+        (cron ticks are skipped, not queued).
+        """
         validated, input_json = wf.dump_input(input)
         at_ms = run_at_ms(run_at, delay)
         if idempotency_key is not None and (
@@ -337,7 +343,10 @@ class Flow:
             gate_max=wf.max_concurrency or 0,
             rate=parse_rate(wf.rate_limit),
             lease_ms=self.lease_ms,
+            skip_if_full=skip_if_full,
         )
+        if outcome == "skipped":
+            return None
         if created and outcome == "queued":
             self._publish(wf.name, rid, token, queue, limit_key)
         return RunHandle(self, rid, wf.name)

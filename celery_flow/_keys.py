@@ -23,6 +23,10 @@ Keys (type; what it holds; who writes it; TTL):
 * ``gate:<limit key>:waiting`` (zset): run id -> created ms, runs waiting for a slot (FIFO).
 * ``gates`` (set): limit keys with waiting runs; read by the gate sweeper.
 * ``rate:<limit key>`` (string): GCRA theoretical arrival time in ms (rate_limit).
+* ``cron:next`` (zset): cron entry id -> next fire ms; written by the scheduler leader.
+* ``cron:defs`` (hash): cron entry id -> JSON definition (workflow, expression, timezone,
+  input, app_id); sync_registry.
+* ``lock:cron`` (string): the scheduler leader's token, SET NX PX; renewed by the leader.
 * ``workflows`` (set): registered workflow names; sync_registry.
 * ``workflow:<name>`` (hash): workflow metadata (app_id, queue, limits, cron); sync_registry.
 """
@@ -102,6 +106,18 @@ class Keys:
 
     def rate(self, limit_key: str) -> str:
         return f"{self.prefix}:rate:{limit_key}"
+
+    @property
+    def cron_next(self) -> str:
+        return f"{self.prefix}:cron:next"
+
+    @property
+    def cron_defs(self) -> str:
+        return f"{self.prefix}:cron:defs"
+
+    @property
+    def cron_lock(self) -> str:
+        return f"{self.prefix}:lock:cron"
 
     def run_keys(self, run_id: str, limit_key: str) -> list[str]:
         """The 17 leading KEYS of every per-run script, in ``_prelude.lua``'s order."""

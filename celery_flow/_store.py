@@ -156,10 +156,12 @@ class Store:
         gate_max: int,
         rate: tuple[int, int] | None,
         lease_ms: int,
+        skip_if_full: bool = False,
     ) -> tuple[bool, str, str, str]:
         """Create and admit a run. 1 round trip.
 
-        Returns (created, run_id, token, outcome); outcome ``queued`` means: publish now.
+        Returns (created, run_id, token, outcome); outcome ``queued`` means: publish now,
+        ``skipped`` (created False): ``skip_if_full`` and the gate was full, nothing written.
         """
         extra = [
             self.keys.created,
@@ -186,9 +188,12 @@ class Store:
                 rate_n,
                 rate_ms,
                 lease_ms,
+                "1" if skip_if_full else "0",
             ],
             extra,
         )
+        if res[0] == "skipped":
+            return False, run_id, "", "skipped"
         if res[0] == "existing":
             return False, res[1], "", ""
         return True, res[1], res[2], res[3]

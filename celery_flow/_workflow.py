@@ -193,7 +193,7 @@ class Workflow(Generic[R]):
             PayloadTooLargeError: the input is over ``max_payload_bytes``.
             FlowConnectionError: Redis is unreachable.
         """
-        return self.flow._start(
+        handle = self.flow._start(
             self,
             input,
             idempotency_key=idempotency_key,
@@ -202,6 +202,8 @@ class Workflow(Generic[R]):
             delay=delay,
             queue=queue,
         )
+        assert handle is not None  # only skip_if_full (cron ticks) can skip
+        return handle
 
 
 def _type_name(schema: Any) -> str:

@@ -5,8 +5,10 @@
 -- ARGV[5] max_attempts   ARGV[6] parent run id or ''   ARGV[7] idempotency key or ''
 -- ARGV[8] idempotency TTL ms   ARGV[9] run_at ms (0 = now)   ARGV[10] timeout ms (0 = none)
 -- ARGV[11] limit key   ARGV[12] max_concurrency (0 = none)   ARGV[13] rate count (0 = none)
--- ARGV[14] rate period ms   ARGV[15] lease ms
+-- ARGV[14] rate period ms   ARGV[15] lease ms   ARGV[16] '1': skip (write nothing) when the gate
+-- is at max_concurrency (cron ticks), else '0'
 -- Returns {'existing', run_id} when the idempotency key or the run id is taken (nothing written),
+-- {'skipped'} when ARGV[16] is '1' and the gate is full (nothing written),
 -- else {'created', run_id, token, outcome}: outcome 'queued' means publish now; 'gated' (waits
 -- for a slot), 'scheduled' (run_at or rate limit) mean a later script publishes it.
 local id = ARGV[1]
@@ -16,6 +18,10 @@ if ARGV[7] ~= '' then
 end
 if redis.call('EXISTS', KEYS[RUN]) == 1 then return {'existing', id} end
 local now = now_ms()
+if ARGV[16] == '1' and tonumber(ARGV[12]) > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[GATE], '-inf', now)
+  if redis.call('ZCARD', KEYS[GATE]) >= tonumber(ARGV[12]) then return {'skipped'} end
+end
 local run_at = tonumber(ARGV[9])
 redis.call('HSET', KEYS[RUN], 'id', id, 'workflow', ARGV[2], 'input', ARGV[3], 'queue', ARGV[4],
   'max_attempts', ARGV[5], 'parent', ARGV[6], 'idem_key', ARGV[7], 'attempt', 1, 'token', 1,

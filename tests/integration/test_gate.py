@@ -218,3 +218,34 @@ def test_gate_state_is_visible_while_runs_hold_and_wait(env):
         assert gate.max_concurrency == 2 and gate.rate_limit == "100/s"
         release.set()
         assert [h.result(timeout=10) for h in handles] == [True] * 5
+
+
+def test_skip_if_full_writes_nothing_when_the_gate_is_at_max_concurrency(env):
+    # (the path cron ticks use: a tick at max_concurrency is skipped, not queued)
+    @env.flow.workflow(max_concurrency=1)
+    def swept(ctx):
+        return 1
+
+    holder = env.flow._start(
+        swept,
+        None,
+        idempotency_key=None,
+        idempotency_ttl=3600,
+        run_at=None,
+        delay=None,
+        queue=None,
+        skip_if_full=True,
+    )
+    assert holder is not None
+    before = env.keys()
+    skipped = env.flow._start(
+        swept,
+        None,
+        idempotency_key="tick-2",
+        idempotency_ttl=3600,
+        run_at=None,
+        delay=None,
+        queue=None,
+        skip_if_full=True,
+    )
+    assert skipped is None and env.keys() == before
