@@ -21,4 +21,6 @@ test: $(BIN)/.installed   ## lint, types and the whole test suite (starts its ow
 
 bench: $(BIN)/.installed  ## benchmarks; results land in bench/results/
 	$(BIN)/python -m bench.bench_core
+	$(BIN)/python -m bench.bench_gate
+	$(BIN)/python -m bench.bench_cron
 

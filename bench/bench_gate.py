@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import hashlib
 import importlib
 import itertools
 import json
@@ -101,11 +102,16 @@ def summary(values: Sequence[float], digits: int = 3) -> dict[str, float]:
     return s
 
 
-def max_in_window(times_ms: Sequence[float], window_ms: float) -> int:
-    """Most events in any half-open window [t, t + window) (it suffices to start at events)."""
+def max_in_window(times_ms: Sequence[float], window_ms: float) -> tuple[int, float]:
+    """Most events in any half-open window [t, t + window), and that window's t.
+
+    It suffices to try windows that start at an event.
+    """
     ordered = sorted(times_ms)
     return max(
-        (bisect.bisect_left(ordered, t + window_ms) - i for i, t in enumerate(ordered)), default=0
+        ((bisect.bisect_left(ordered, t + window_ms) - i, t) for i, t in enumerate(ordered)),
+        key=lambda ct: ct[0],
+        default=(0, 0.0),
     )
 
 
@@ -428,6 +434,18 @@ class GateBench:
             for h in handles
         }
         lag = [ms(i.started_at) - booked[i.id] for i in infos if booked[i.id]]
+        # when the limiter allowed each run to start: its booked time, or its admission
+        allowed = [booked[i.id] or ms(i.created_at) for i in infos]
+        worst, worst_at = max_in_window(starts, window_ms)
+        origin = starts[0]
+        timeline = sorted(
+            (
+                round(ms(i.started_at) - origin, 1),
+                round(a - origin, 1),
+                o["i"],
+            )
+            for i, a, o in zip(infos, allowed, outputs, strict=True)
+        )
         spacing = sorted(booked.values())
         spacing = [b - a for a, b in itertools.pairwise(spacing) if a]
         span = (starts[-1] - starts[0]) / 1000
@@ -441,14 +459,17 @@ class GateBench:
             "enqueue_seconds": round(t_enq - t0, 3),
             "start_span_s": round(span, 3),
             "achieved_starts_per_s": round((n - 1) / span, 2) if span else None,
-            "max_starts_in_window": max_in_window(starts, window_ms),
-            "max_starts_in_window_precise": max_in_window(precise, window_ms),
+            "max_starts_in_window": worst,
+            "max_window_starts_at_ms": round(worst_at - origin, 1),
+            "max_starts_in_window_precise": max_in_window(precise, window_ms)[0],
+            "max_allowed_in_window": max_in_window(allowed, window_ms)[0],
             "executions": executions,
             "executions_by_outcome": {k: v for k, v in counts.items() if k != "total"},
             "executions_per_run": round(executions / n, 4),
             "booked_runs": len(lag),
             "booked_spacing_ms": summary(spacing) if spacing else None,
             "start_lag_after_booking_ms": summary(lag) if lag else None,
+            "timeline_start_allowed_i": timeline,  # ms from the first start, in start order
         }
         log(
             f"  {res['achieved_starts_per_s']} starts/s over {span:.2f} s; max "
@@ -466,7 +487,7 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
     c, rt = res["churn"], res["rate"]
     rows: list[tuple[str, float, str, float]] = [
         (
-            "(1) Celery executions per run, max_concurrency=1, 200 at once",
+            f"(1) Celery executions per run, max_concurrency=1, {c['n']} at once",
             c["executions_per_run"],
             "<=",
             TARGETS["churn_executions_per_run"],
@@ -529,7 +550,7 @@ def markdown(res: dict[str, Any]) -> str:
         f"{m['noise']['cpu_probe_ms_end']:g} ms after (lower = faster machine)",
         f"- versions: python {v['python']}, celery {v['celery']}, kombu {v['kombu']}, "
         f"redis-py {v['redis_py']}, redis-server {v['redis_server']}, "
-        f"celery_flow {v['celery_flow']}",
+        f"celery_flow {v['celery_flow']} ({res['source']})",
         f"- worker: one `celery worker --pool {cfg['pool']} --concurrency {cfg['concurrency']}` "
         f"(gossip/mingle/heartbeat off); Redis: {cfg['redis']}",
         "- executions counted in the worker by a `task_postrun` handler (bench/app.py, enabled "
@@ -614,7 +635,9 @@ def markdown(res: dict[str, Any]) -> str:
         f"- max starts in any {rt['window_ms']} ms window [t, t + {rt['window_ms']} ms): "
         f"{rt['max_starts_in_window']} by RunInfo.started_at (Redis clock), "
         f"{rt['max_starts_in_window_precise']} by handler entry time (limit "
-        f"{rt['limit_per_window']})",
+        f"{rt['limit_per_window']}); the worst window opens {rt['max_window_starts_at_ms']:g} ms "
+        f"after the first start. By the times the limiter allowed (GCRA booking, or admission "
+        f"for a run not delayed): {rt['max_allowed_in_window']} in any window",
         f"- Celery executions: {rt['executions']} for {rt['n']} runs = "
         f"{rt['executions_per_run']:g} per run; by outcome: "
         f"{', '.join(f'{k} {x}' for k, x in rt['executions_by_outcome'].items())}",
@@ -631,6 +654,27 @@ def markdown(res: dict[str, Any]) -> str:
     if w["excerpt"]:
         lines += ["## Worker log: warnings (first 5)", "", "```", *w["excerpt"][:5], "```", ""]
     return "\n".join(lines)
+
+
+def source_state() -> str:
+    """The celery_flow source measured: git commit, plus a digest of local edits in celery_flow/."""
+
+    def git(*cmd: str) -> str:
+        return subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True).stdout
+
+    try:
+        head = git("rev-parse", "--short", "HEAD").strip()
+        dirty = git("status", "--porcelain", "--", "celery_flow").strip()
+        if dirty:
+            dirty += git("diff", "HEAD", "--", "celery_flow")
+    except OSError:
+        return "unknown (no git)"
+    if not head:
+        return "unknown (not a git checkout)"
+    if not dirty:
+        return f"git {head}"
+    digest = hashlib.sha1(dirty.encode()).hexdigest()[:8]
+    return f"git {head} + uncommitted changes in celery_flow/ (digest {digest})"
 
 
 def worker_log_summary(lines: Sequence[str], exit_code: int | None) -> dict[str, Any]:
@@ -684,6 +728,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     probe_start, jiffies_start = cpu_probe_ms(), cpu_jiffies()
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    source_at_start = source_state()
     with redis_url() as (url, source), tempfile.TemporaryDirectory() as tmp:
         os.environ["CELERY_FLOW_BENCH_REDIS_URL"] = url
         os.environ["CELERY_FLOW_BENCH_PREFIX"] = prefix
@@ -705,6 +750,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "date": datetime.now(UTC).isoformat(timespec="seconds"),
                 "machine": machine(),
                 "versions": versions(bench.r),
+                "source": source_at_start,
                 "config": {
                     "pool": args.pool,
                     "concurrency": args.concurrency,
@@ -742,6 +788,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "---- worker log (last 40 lines) ----", *lines[-40:], sep="\n", file=sys.stderr
                 )
         res["worker"] = worker_log_summary(lines, worker.returncode)
+    if source_state() != source_at_start:
+        res["source"] += " (the source changed during the run!)"
     steal, total = (b - a for a, b in zip(jiffies_start, cpu_jiffies(), strict=True))
     res["machine"]["noise"] = {
         "cpu_probe_ms_start": probe_start,

@@ -9,7 +9,15 @@ from ._definitions import Cron, Retries
 from ._engine import FailureContext
 from ._flow import Flow
 from ._handle import RunHandle
-from ._models import ErrorInfo, GateStatus, ProgressInfo, RunInfo, RunPage, StepInfo
+from ._models import (
+    CronStatus,
+    ErrorInfo,
+    GateStatus,
+    ProgressInfo,
+    RunInfo,
+    RunPage,
+    StepInfo,
+)
 from ._workflow import Workflow
 from .errors import (
     ChildRunFailed,
@@ -28,6 +36,7 @@ from .errors import (
     RunNotFound,
     RunStateError,
     RunTimeout,
+    StepNotFound,
     StepTimeout,
     WorkflowDefinitionError,
     WorkflowNotFound,
@@ -40,6 +49,7 @@ __all__ = [
     "ConfigurationError",
     "Context",
     "Cron",
+    "CronStatus",
     "DuplicateStepError",
     "ErrorInfo",
     "EventTimeout",
@@ -64,6 +74,7 @@ __all__ = [
     "RunStateError",
     "RunTimeout",
     "StepInfo",
+    "StepNotFound",
     "StepTimeout",
     "Steps",
     "Workflow",

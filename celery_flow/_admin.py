@@ -6,16 +6,18 @@ documents its Redis round trips.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from ._handle import _not_found
+from . import _serde
+from ._handle import RunHandle, _not_found
 from ._keys import STATUSES
 from ._models import GateStatus, RunInfo, RunPage, run_info_from_hash
 from ._store import _claimed
-from .errors import RunNotFound
+from .errors import RunNotFound, RunStateError, StepNotFound
 
 if TYPE_CHECKING:
     from ._flow import Flow
@@ -116,7 +118,96 @@ def cancel(flow: Flow, run_id: str, reason: str | None = None) -> bool:
         flow._publish(res[3], run_id, res[1], res[2], limit_key)
     elif res[0] == "canceled":
         flow._publish_claimed(_claimed(res[1]))
+        if res[2]:
+            flow._resume([res[2]])
+    # a canceled parent cancels its children (and they theirs)
+    for child in flow.store.children(run_id):
+        with contextlib.suppress(RunNotFound):  # an expired child
+            cancel(flow, child, f"parent run {run_id} was canceled")
     return True
+
+
+def send_event(flow: Flow, run_id: str, event_type: str, payload: Any = None) -> None:
+    """Deliver an event, or buffer it until the run waits for it. 1-2 round trips."""
+    if not isinstance(event_type, str) or not event_type:
+        raise ValueError(f"event_type={event_type!r}: must be a non-empty string")
+    body = _serde.dumps(
+        payload,
+        what=f"payload of event {event_type!r}",
+        max_bytes=flow.max_payload_bytes,
+        is_input=True,
+    )
+    res = flow.store.send_event(run_id, event_type, body)
+    if res[0] == "missing":
+        raise RunNotFound(_not_found(run_id))
+    if res[0] == "terminal":
+        raise RunStateError(
+            f"run {run_id} is {res[1]}: it can receive no more events. Send events only to "
+            "runs that have not ended (check handle.status()), or retry the run first."
+        )
+    if res[0] == "delivered":
+        flow._resume([run_id])
+
+
+def retry(flow: Flow, run_id: str, *, from_step: str | None = None, input: Any = None) -> RunHandle:
+    """Run a failed or canceled run again under the same id (see ``Flow.retry``). 2 round trips.
+
+    Steps that succeeded replay from the cache; failed and compensated steps, and ``from_step``
+    with every step after it, run again.
+    """
+    h, raw_steps = flow.store.load(run_id)
+    if not h:
+        raise RunNotFound(_not_found(run_id))
+    if h["status"] not in ("failed", "canceled"):
+        raise RunStateError(
+            f"run {run_id} is {h['status']}: only failed or canceled runs can be retried "
+            "(cancel it first to restart a live run)."
+        )
+    wf = flow.get_workflow(h["workflow"])
+    steps = {name: json.loads(raw) for name, raw in raw_steps.items()}
+    forget = {name for name, rec in steps.items() if rec.get("status") != "succeeded"}
+    if from_step is not None:
+        if from_step not in steps:
+            known = ", ".join(sorted(steps, key=lambda n: steps[n].get("seq", 0))) or "none"
+            raise StepNotFound(
+                f"run {run_id} has no step {from_step!r} (its steps: {known}); pass one of "
+                "them as from_step, or None to rerun only what did not succeed."
+            )
+        first = steps[from_step].get("seq", 0)
+        forget |= {name for name, rec in steps.items() if rec.get("seq", 0) >= first}
+    input_json = "" if input is None else wf.dump_input(input)[1]
+    res = flow.store.retry(
+        run_id, h.get("limit_key", ""), input_json, wf.retries.max_attempts, sorted(forget)
+    )
+    if res[0] == "state":
+        raise RunStateError(
+            f"run {run_id} is {res[1]}: only failed or canceled runs can be retried"
+        )
+    flow._publish_claimed(_claimed(res[2]))
+    return RunHandle(flow, run_id, wf.name)
+
+
+def retry_many(
+    flow: Flow,
+    *,
+    workflow: str | None = None,
+    status: str = "failed",
+    since: datetime | None = None,
+) -> list[RunHandle]:
+    """Retry every failed (or canceled) run, optionally of one workflow and created since."""
+    if status not in ("failed", "canceled"):
+        raise ValueError(f"status={status!r}: retry_many retries 'failed' or 'canceled' runs")
+    if since is not None and since.tzinfo is None:
+        raise ValueError("since= must be an aware datetime")
+    targets: list[str] = []
+    cursor = None
+    while True:
+        page = list_runs(flow, workflow=workflow, status=status, limit=500, cursor=cursor)
+        targets += [r.id for r in page.runs if since is None or r.created_at >= since]
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    return [retry(flow, run_id) for run_id in targets]
 
 
 def _parse_cursor(cursor: str | None) -> tuple[float | None, str | None]:

@@ -1,7 +1,8 @@
-"""Celery worker bootstep: one maintenance loop per worker node.
+"""Celery worker bootstep: one maintenance loop and one cron scheduler per worker node.
 
 It runs in the worker's parent process for every pool type (not in prefork
-children), so a node runs one promoter/reaper however many processes it has.
+children), so a node runs one promoter/reaper and one scheduler candidate however
+many processes it has.
 """
 
 from __future__ import annotations
@@ -27,11 +28,13 @@ def install_worker_step(flow: Flow) -> None:
             if not self._running:
                 self._running = True
                 flow.maintenance.start()
+                flow.scheduler.start(node_id=getattr(worker, "hostname", None))
 
         def stop(self, worker: Any) -> None:
             # Celery may call stop, terminate and shutdown; release the loop once.
             if self._running:
                 self._running = False
+                flow.scheduler.stop()  # releases the leader lease: another node takes over now
                 flow.maintenance.stop()
 
         terminate = stop

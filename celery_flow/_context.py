@@ -7,6 +7,9 @@ costs **one** round trip (``record_step``), which also reports cancellation.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+import json
 import logging
 import threading
 import time
@@ -14,13 +17,24 @@ import traceback
 from collections.abc import Callable, MutableMapping
 from contextvars import ContextVar
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _serde
-from ._control import Cancelled, LostOwnership, StopReplay
+from ._control import Cancelled, LostOwnership, StopReplay, Suspend
 from ._definitions import NO_RETRY, Retries, is_non_retriable, to_seconds
-from .errors import DuplicateStepError, FlowError, RunTimeout, StepTimeout, describe
+from ._models import ErrorInfo
+from ._store import _claimed
+from .errors import (
+    ChildRunFailed,
+    DuplicateStepError,
+    EventTimeout,
+    FlowError,
+    RunTimeout,
+    StepTimeout,
+    WorkflowDefinitionError,
+    describe,
+)
 
 if TYPE_CHECKING:
     from ._engine import Execution
@@ -166,6 +180,221 @@ class Steps:
                 self.compensations.append(_Compensation(seq, name, compensate, result))
             return result  # type: ignore[no-any-return]
 
+    # -- waits: the run suspends (no worker, no gate slot) until the wait is over -------------
+
+    def sleep(self, name: str, duration: timedelta | float) -> None:
+        """Sleep durably: the run parks in Redis and resumes on any worker after ``duration``.
+
+        Works for seconds or months (a Redis timer, never a Celery ETA).
+
+        Example:
+            >>> ctx.step.sleep("cool-down", timedelta(hours=1))
+        """
+        seconds = to_seconds(duration, what=f"duration of sleep step {name!r}")
+        if seconds is None:
+            raise WorkflowDefinitionError(f"sleep step {name!r}: duration is required")
+        self._wait(name, self._begin(name), "sleep", {}, in_ms=int(seconds * 1000))
+
+    def sleep_until(self, name: str, when: datetime) -> None:
+        """Sleep durably until an aware datetime (returns at once if it is past)."""
+        if not isinstance(when, datetime) or when.tzinfo is None:
+            raise WorkflowDefinitionError(
+                f"sleep_until step {name!r}: expected an aware datetime, got {when!r}"
+            )
+        until = int(when.timestamp() * 1000)
+        self._wait(name, self._begin(name), "sleep", {}, until_ms=max(until, 1))
+
+    def wait_for_event(
+        self, name: str, event_type: str, *, timeout: timedelta | float | None = None
+    ) -> Any:
+        """Wait durably for ``flow.send_event(run_id, event_type, payload)``; return the payload.
+
+        An event sent before the run gets here is buffered and consumed by the first matching
+        wait; each event is consumed once.
+
+        Raises:
+            EventTimeout: no event within ``timeout`` (catch it to escalate and wait again).
+
+        Example:
+            >>> try:
+            ...     decision = ctx.step.wait_for_event("approval", "approved", timeout=48 * 3600)
+            ... except EventTimeout:
+            ...     decision = ctx.step.wait_for_event("escalated", "approved")
+        """
+        if not isinstance(event_type, str) or not event_type:
+            raise WorkflowDefinitionError(
+                f"wait_for_event step {name!r}: event_type must be a non-empty string"
+            )
+        seconds = to_seconds(timeout, what=f"timeout of wait_for_event step {name!r}")
+        return self._wait(
+            name,
+            self._begin(name),
+            "event",
+            {"event_type": event_type},
+            in_ms=-1 if seconds is None else int(seconds * 1000),
+            event_type=event_type,
+        )
+
+    def run_workflow(
+        self,
+        name: str,
+        workflow: Any,
+        input: Any = None,
+        *,
+        timeout: timedelta | float | None = None,
+        queue: str | None = None,
+    ) -> Any:
+        """Start a child run and wait for its output without holding a worker.
+
+        The child's id is derived from this run and the step name, so a replayed parent never
+        starts it twice. ``parent_run_id`` is recorded on the child.
+
+        Raises:
+            ChildRunFailed: the child ended failed or canceled (``.error`` is its ErrorInfo).
+            StepTimeout: the child did not finish within ``timeout`` (it keeps running).
+        """
+        seq = self._begin(name)
+        ex = self._ex
+        wf = ex.flow.get_workflow(workflow)
+        seconds = to_seconds(timeout, what=f"timeout of run_workflow step {name!r}")
+        cached = ex.steps.get(name)
+        child = cached.get("child") if cached and cached.get("status") == "waiting" else None
+        if (cached is None or not self._replays(cached)) and not ex.replay_only:
+            child = child or ex.child_id(name)
+            ex.flow._start(
+                wf,
+                input,
+                idempotency_key=None,
+                idempotency_ttl=timedelta(0),
+                run_at=None,
+                delay=None,
+                queue=queue,
+                parent=ex.run_id,
+                run_id=child,
+            )
+        return self._wait(
+            name,
+            seq,
+            "child",
+            {"child": child, "workflow": wf.name},
+            in_ms=-1 if seconds is None else int(seconds * 1000),
+            child_id=child or "",
+        )
+
+    def emit_workflow(
+        self,
+        name: str,
+        workflow: Any,
+        input: Any = None,
+        *,
+        run_at: datetime | None = None,
+        delay: timedelta | float | None = None,
+        queue: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> str:
+        """Start a child run and return its id at once (fire and forget, exactly once)."""
+        seq = self._begin(name)
+        ex = self._ex
+        cached = ex.steps.get(name)
+        if cached is not None and cached["status"] == "succeeded":
+            return str(cached["output"])
+        if ex.replay_only:
+            raise StopReplay(name)
+        started = now_ms()
+        handle = ex.flow._start(
+            ex.flow.get_workflow(workflow),
+            input,
+            idempotency_key=idempotency_key,
+            idempotency_ttl=timedelta(days=7),
+            run_at=run_at,
+            delay=delay,
+            queue=queue,
+            parent=ex.run_id,
+            run_id=ex.child_id(name),
+        )
+        assert handle is not None
+        ex.record(name, seq, "succeeded", json.dumps(handle.id), 1, started, None, kind="emit")
+        return handle.id
+
+    def _replays(self, rec: dict[str, Any]) -> bool:
+        """Whether a recorded wait replays: done, or failed in this generation."""
+        if rec["status"] in ("succeeded", "compensated"):
+            return True
+        return rec["status"] == "failed" and rec.get("gen") == self._ex.generation
+
+    def _wait(
+        self,
+        name: str,
+        seq: int,
+        kind: str,
+        fields: dict[str, Any],
+        *,
+        until_ms: int = 0,
+        in_ms: int = -1,
+        event_type: str = "",
+        child_id: str = "",
+    ) -> Any:
+        ex = self._ex
+        cached = ex.steps.get(name)
+        started = now_ms()
+        if cached is not None:
+            if self._replays(cached):
+                return _wait_outcome(cached)
+            if cached["status"] == "waiting":  # resumed early (run deadline): wait on
+                until_ms, in_ms = int(cached.get("until", 0)), -1
+                started = int(cached.get("started_at", started))
+        if ex.replay_only:
+            raise StopReplay(name)
+        head = json.dumps(
+            {
+                "kind": kind,
+                "seq": seq,
+                "attempts": 1,
+                "started_at": started,
+                "gen": ex.generation,
+                **fields,
+            },
+            separators=(",", ":"),
+        )[:-1]
+        ex.ending = True  # the suspend moves the run out of `running`
+        res = ex.store.suspend(
+            ex.run_id,
+            ex.limit_key,
+            ex.token,
+            name,
+            head,
+            kind,
+            until_ms=until_ms,
+            in_ms=in_ms,
+            event_type=event_type,
+            child_id=child_id,
+        )
+        if res[0] == "lost":
+            ex.lost = True
+            raise LostOwnership(ex.run_id)
+        ex.ending = False  # ... unless the wait was already over: the run goes on
+        if res[0] == "done":
+            rec = json.loads(res[1])
+            ex.steps[name] = rec
+            return _wait_outcome(rec)
+        ex.flow._publish_claimed(_claimed(res[1]))
+        ex.log.info("waiting on step %r (%s)", name, kind)
+        raise Suspend(name)
+
+
+def _wait_outcome(rec: dict[str, Any]) -> Any:
+    """The value of a finished wait, or its error raised again (deterministic replay)."""
+    if rec["status"] != "failed":
+        return rec.get("output")
+    err = rec.get("error") or {}
+    kind, message = str(err.get("type", "")).rsplit(".", 1)[-1], str(err.get("message", ""))
+    if kind == "EventTimeout":
+        raise EventTimeout(message)
+    if kind == "StepTimeout":
+        raise StepTimeout(message)
+    child = err.get("child_error")
+    raise ChildRunFailed(message, ErrorInfo(**child) if child else None)
+
 
 def _call(fn: Callable[..., Any], args: Any, kwargs: Any, timeout: float | None, name: str) -> Any:
     if timeout is None:
@@ -194,12 +423,33 @@ def _call(fn: Callable[..., Any], args: Any, kwargs: Any, timeout: float | None,
 
 
 def _maybe_await(value: Any) -> Any:
-    import asyncio
-    import inspect
+    """Run an awaitable step result to completion.
 
-    if inspect.isawaitable(value):
+    Without a running loop (a sync handler) this is ``asyncio.run``. Inside an ``async def``
+    handler the loop belongs to this run alone, so the coroutine runs on a fresh loop in a
+    helper thread while the handler's loop waits: steps stay plain calls in both kinds of
+    handler.
+    """
+    if not inspect.isawaitable(value):
+        return value
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
         return asyncio.run(_as_coro(value))
-    return value
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = asyncio.run(_as_coro(value))
+        except BaseException as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="celery-flow-async-step", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 async def _as_coro(value: Any) -> Any:

@@ -21,3 +21,7 @@ class Cancelled(ControlSignal):
 
 class StopReplay(ControlSignal):
     """Compensation replay reached a step with no recorded result: stop the handler there."""
+
+
+class Suspend(ControlSignal):
+    """The run is parked on a waiting step (already recorded in Redis): end this execution."""

@@ -14,6 +14,7 @@ enqueue script and the broker publish on the caller's side.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -29,7 +30,7 @@ from ._context import (
     error_dict,
     now_ms,
 )
-from ._control import Cancelled, LostOwnership, StopReplay
+from ._control import Cancelled, LostOwnership, StopReplay, Suspend
 from ._models import ErrorInfo
 from .errors import RunCanceled
 
@@ -73,9 +74,13 @@ class Execution:
         self.run = run
         self.steps: dict[str, dict[str, Any]] = {k: json.loads(v) for k, v in steps.items()}
         self.attempt = int(run.get("attempt", 1))
+        # a wait that failed (event timeout, failed child) replays as failed within the same
+        # generation; a whole-run retry or flow.retry starts a new generation that waits again
+        self.generation = f"{run.get('retries', '0')}:{self.attempt}"
         self.deadline = int(run.get("deadline") or 0) or None
         self.cancel_flag = run.get("cancel_requested") == "1"
         self.lost = False
+        self.ending = False  # set before the write that ends the execution (see _lease)
         self.replay_only = False
         self.current_step = ""
         self.ctx: Context | None = None
@@ -96,6 +101,17 @@ class Execution:
             raise Cancelled(self.run_id)
         check_deadline(self.deadline, self.run_id, self.workflow.name)
 
+    def child_id(self, step_name: str) -> str:
+        """Deterministic id of the child run a step starts: same step, same child.
+
+        It keeps the parent's time prefix (children list next to their parent) and changes
+        with the generation, so a retried parent starts a fresh child for a failed wait.
+        """
+        seed = f"{self.run_id}:{step_name}"
+        if self.generation != "0:1":
+            seed += f":{self.generation}"
+        return self.run_id[:16] + hashlib.sha256(seed.encode()).hexdigest()[:16]
+
     def record(
         self,
         name: str,
@@ -106,9 +122,10 @@ class Execution:
         started: int,
         error: dict[str, Any] | None,
         compensable: bool = False,
+        kind: str = "run",
     ) -> None:
         rec: dict[str, Any] = {
-            "kind": "run",
+            "kind": kind,
             "status": status,
             "seq": seq,
             "attempts": attempts,
@@ -169,6 +186,8 @@ class Execution:
                     f"a {type(out).__qualname__}",
                     max_bytes=self.flow.max_payload_bytes,
                 )
+            except Suspend:
+                return "waiting"
             except Cancelled:
                 return self._end("canceled", self._cancel_error())
             except Exception as exc:
@@ -197,6 +216,7 @@ class Execution:
         deadline_passed = bool(self.deadline and now_ms() >= self.deadline)
         if policy.should_retry(exc, self.attempt) and not deadline_passed:
             delay_ms = int(policy.delay(self.attempt) * 1000)
+            self.ending = True
             due, woken = self.store.schedule_retry(
                 self.run_id, self.limit_key, self.token, delay_ms, json.dumps(err)
             )
@@ -230,7 +250,7 @@ class Execution:
         try:
             value = self.workflow.validate_input(_serde.loads(self.run.get("input")), self.run_id)
             self._call_handler(value)
-        except StopReplay:
+        except (StopReplay, Suspend):
             pass
         except Exception as exc:  # the handler failed while replaying: compensate what we have
             self.log.info("replay for compensation stopped at %r", exc)
@@ -256,10 +276,13 @@ class Execution:
         return status
 
     def _finalize(self, status: str, output: str, error: str) -> None:
-        written, woken = self.store.finalize(
+        self.ending = True
+        written, woken, parent = self.store.finalize(
             self.run_id, self.limit_key, self.token, status, output, error, self.flow.expire_ms
         )
         self.flow._publish_claimed(woken)
+        if parent:  # a parent waiting on this run (run_workflow) resumes now
+            self.flow._resume([parent])
         if not written:
             raise LostOwnership(self.run_id)
 

@@ -14,6 +14,7 @@ import celery
 
 from . import _admin, _serde
 from ._bootsteps import install_worker_step
+from ._cron import cron_definitions, entry_id
 from ._definitions import (
     Cron,
     Retries,
@@ -26,7 +27,8 @@ from ._handle import RunHandle, _not_found
 from ._ids import new_run_id, run_at_ms
 from ._lease import Heartbeat
 from ._maintenance import Maintenance
-from ._models import GateStatus, RunInfo, RunPage, run_info_from_hash
+from ._models import CronStatus, GateStatus, RunInfo, RunPage, run_info_from_hash
+from ._scheduler import Scheduler, cron_status
 from ._store import Claimed, Store, redact
 from ._workflow import UNSET, Workflow, build_workflow
 from .errors import (
@@ -104,6 +106,7 @@ class Flow:
         self._store_lock = threading.Lock()
         self.heartbeat = Heartbeat(self.lease_ms)
         self.maintenance = Maintenance(self)
+        self.scheduler = Scheduler(self)  # replace to tune: Scheduler(flow, lease_seconds=5)
         install_worker_step(self)
         app.celery_flow = self  # lets the CLI and tooling find the Flow of an app
 
@@ -263,10 +266,14 @@ class Flow:
     def sync_registry(self) -> None:
         """Write workflow metadata (and cron definitions) to Redis; remove this app's stale ones.
 
-        A workflow that disappeared from this app's code is removed 30 s after its last sync,
-        and only by the same ``app_id``; runs are never deleted. Workers call this on start
-        and every minute.
+        A workflow (or cron entry) that disappeared from this app's code is removed 30 s after
+        its last sync, and only by the same ``app_id``; runs are never deleted. Workers call
+        this on start and every minute. 3 round trips.
+
+        Raises:
+            WorkflowDefinitionError: two cron entries share an id (give one ``Cron(id=...)``).
         """
+        crons = cron_definitions(self)
         metas = [
             {
                 "name": wf.name,
@@ -282,7 +289,7 @@ class Flow:
                             "expression": c.expression,
                             "timezone": c.timezone,
                             "input": c.input,
-                            "id": c.id,
+                            "id": c.id or entry_id(wf.name, c.expression, c.timezone),
                         }
                         for c in wf.cron
                     ],
@@ -293,6 +300,19 @@ class Flow:
             for wf in self._registry.values()
         ]
         self.store.sync_registry(self.app_id, metas, REGISTRY_GRACE_MS)
+        self.store.sync_cron(self.app_id, crons, REGISTRY_GRACE_MS)
+
+    def cron_status(self) -> list[CronStatus]:
+        """Every cron entry in this prefix with its next fire time and the current leader.
+
+        2 round trips. Entries of every app sharing the prefix are listed (``app_id`` says
+        whose); ``leader`` is the node id holding that app's scheduler lease.
+
+        Example:
+            >>> [(s.workflow, s.next_fire_at, s.leader) for s in flow.cron_status()]
+            [('nightly-report', datetime.datetime(2025, 1, 2, 1, 0, tzinfo=...), 'celery@w1')]
+        """
+        return cron_status(self)
 
     # -- starting runs ------------------------------------------------------------------------
 
@@ -350,6 +370,46 @@ class Flow:
         if created and outcome == "queued":
             self._publish(wf.name, rid, token, queue, limit_key)
         return RunHandle(self, rid, wf.name)
+
+    def send_event(self, run_id: str, event_type: str, payload: Any = None) -> None:
+        """Deliver an event to a run; buffered when the run is not waiting for it yet.
+
+        Each event is consumed once, by the first ``wait_for_event`` of that type (FIFO).
+
+        Raises:
+            RunNotFound: no such run.
+            RunStateError: the run already ended.
+
+        Example:
+            >>> flow.send_event(run_id, "approved", {"by": "ada"})
+        """
+        _admin.send_event(self, run_id, event_type, payload)
+
+    def retry(self, run_id: str, *, from_step: str | None = None, input: Any = None) -> RunHandle:
+        """Re-run a failed or canceled run under the same id.
+
+        Steps that succeeded replay from the cache, except ``from_step`` and every step after
+        it, which run again; failed and compensated steps run again. ``input`` replaces the
+        run's input (validated against the schema first).
+
+        Raises:
+            RunStateError: the run is not failed or canceled.
+            StepNotFound: ``from_step`` is not a step of the run.
+
+        Example:
+            >>> flow.retry(run_id, from_step="charge", input={"order_id": "o1", "total_cents": 9})
+        """
+        return _admin.retry(self, run_id, from_step=from_step, input=input)
+
+    def retry_many(
+        self, *, workflow: str | None = None, status: str = "failed", since: datetime | None = None
+    ) -> list[RunHandle]:
+        """Retry every failed run (of ``workflow``, created ``since``), e.g. after a fix."""
+        return _admin.retry_many(self, workflow=workflow, status=status, since=since)
+
+    def _resume(self, run_ids: list[str]) -> None:
+        """Re-admit runs whose wait just ended (they are due now) and publish them."""
+        self._publish_claimed(self.store.claim_due(run_ids))
 
     def _publish_claimed(self, claimed: list[Claimed]) -> None:
         for c in claimed:

@@ -11,6 +11,9 @@ Keys (type; what it holds; who writes it; TTL):
 * ``run:{id}:steps`` (hash): step name -> JSON step record; record_step; same TTL.
 * ``run:{id}:done`` (list): one element once terminal; result() waiters block on it
   with BLMOVE (a rotation, so every waiter wakes); same TTL.
+* ``run:{id}:events`` (hash): event type -> JSON array of buffered payloads; send_event,
+  suspend (consumes); same TTL.
+* ``run:{id}:children`` (set): ids of the run's child runs; enqueue of a child; same TTL.
 * ``runs:created`` (zset): run id -> created ms; enqueue, purge_run.
 * ``runs:status:<status>`` (zset): run id -> ms it entered that status; every transition.
 * ``wf:<name>:runs`` (zset): run id -> created ms; enqueue, purge_run.
@@ -25,8 +28,10 @@ Keys (type; what it holds; who writes it; TTL):
 * ``rate:<limit key>`` (string): GCRA theoretical arrival time in ms (rate_limit).
 * ``cron:next`` (zset): cron entry id -> next fire ms; written by the scheduler leader.
 * ``cron:defs`` (hash): cron entry id -> JSON definition (workflow, expression, timezone,
-  input, app_id); sync_registry.
-* ``lock:cron`` (string): the scheduler leader's token, SET NX PX; renewed by the leader.
+  input, app_id, updated_at); sync_registry.
+* ``lock:cron:<app_id>`` (string): that app's scheduler leader token (``<node>|<random>``),
+  SET NX PX; renewed by the leader. One leader per app: a leader can only start workflows
+  its own code registers.
 * ``workflows`` (set): registered workflow names; sync_registry.
 * ``workflow:<name>`` (hash): workflow metadata (app_id, queue, limits, cron); sync_registry.
 """
@@ -61,6 +66,12 @@ class Keys:
 
     def done(self, run_id: str) -> str:
         return f"{self.prefix}:run:{{{run_id}}}:done"
+
+    def events(self, run_id: str) -> str:
+        return f"{self.prefix}:run:{{{run_id}}}:events"
+
+    def children(self, run_id: str) -> str:
+        return f"{self.prefix}:run:{{{run_id}}}:children"
 
     @property
     def created(self) -> str:
@@ -115,12 +126,11 @@ class Keys:
     def cron_defs(self) -> str:
         return f"{self.prefix}:cron:defs"
 
-    @property
-    def cron_lock(self) -> str:
-        return f"{self.prefix}:lock:cron"
+    def cron_lock(self, app_id: str) -> str:
+        return f"{self.prefix}:lock:cron:{app_id}"
 
     def run_keys(self, run_id: str, limit_key: str) -> list[str]:
-        """The 17 leading KEYS of every per-run script, in ``_prelude.lua``'s order."""
+        """The 19 leading KEYS of every per-run script, in ``_prelude.lua``'s order."""
         return [
             self.run(run_id),
             self.steps(run_id),
@@ -133,4 +143,6 @@ class Keys:
             self.gate_waiting(limit_key),
             self.gates,
             self.rate(limit_key),
+            self.events(run_id),
+            self.children(run_id),
         ]

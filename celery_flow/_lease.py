@@ -68,7 +68,8 @@ class Heartbeat:
                 # a run that finished while we renewed is no longer running: not a lost lease
                 still = [id(ex) in self._active for ex in batch]
             for ex, active, (owned, cancel) in zip(batch, still, results, strict=True):
-                if not active:
+                if not active or ex.ending:
+                    # it finished (or is writing its end) while we renewed: not a lost lease
                     continue
                 if not owned:
                     ex.lost = True

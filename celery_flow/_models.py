@@ -172,3 +172,27 @@ def run_info_from_hash(h: dict[str, str], steps: dict[str, str] | None = None) -
         cancel_requested=h.get("cancel_requested") == "1",
         current_step=h.get("current_step") or None,
     )
+
+
+class CronStatus(BaseModel):
+    """One cron entry as the scheduler sees it (``Flow.cron_status``).
+
+    Attributes:
+        id: the entry id (``Cron(id=...)``, else derived from workflow, expression, timezone).
+        workflow: the workflow each tick starts.
+        expression / timezone: the schedule, read in that IANA zone.
+        app_id: the app that defines it (only that app's leader fires it).
+        next_fire_at: the next tick (UTC): the leader's schedule, or, while no node leads,
+            what a leader elected now would compute. None if the expression never matches.
+        leader: node id of the app's current scheduler leader, None while none holds the lease.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    workflow: str
+    expression: str
+    timezone: str
+    app_id: str
+    next_fire_at: datetime | None = None
+    leader: str | None = None

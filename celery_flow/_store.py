@@ -38,6 +38,11 @@ _SCRIPT_NAMES = (
     "due",
     "sync_registry",
     "gate_sweep",
+    "suspend",
+    "send_event",
+    "retry",
+    "cron_lease",
+    "cron_sync",
 )
 
 
@@ -167,6 +172,7 @@ class Store:
             self.keys.created,
             self.keys.workflow_runs(workflow),
             self.keys.idempotency(workflow, idem_key or "-"),
+            self.keys.children(parent or "-"),
         ]
         rate_n, rate_ms = rate or (0, 0)
         res = self._run(
@@ -243,13 +249,56 @@ class Store:
         output: str,
         error: str,
         ttl_ms: int,
-    ) -> tuple[bool, list[Claimed]]:
-        """Terminal transition, fenced; frees the gate slot. 1 round trip.
+    ) -> tuple[bool, list[Claimed], str]:
+        """Terminal transition, fenced; frees the gate slot; wakes a waiting parent. 1 round trip.
 
-        Returns (written, waiters to publish); written is False for a stale token.
+        Returns (written, waiters to publish, parent run now due or ''); written is False for a
+        stale token.
         """
         res = self._run("finalize", run_id, limit_key, [token, status, output, error, ttl_ms])
-        return bool(res[0]), _claimed(res[1] if len(res) > 1 else [])
+        if not res[0]:
+            return False, [], ""
+        return True, _claimed(res[1]), str(res[2])
+
+    def suspend(
+        self,
+        run_id: str,
+        limit_key: str,
+        token: str,
+        name: str,
+        head: str,
+        kind: str,
+        *,
+        until_ms: int = 0,
+        in_ms: int = -1,
+        event_type: str = "",
+        child_id: str = "",
+    ) -> list[Any]:
+        """Park the run on a waiting step (or record it done). 1 round trip. See suspend.lua."""
+        child_key = self.keys.run(child_id) if child_id else self.keys.run("-")
+        return list(
+            self._run(
+                "suspend",
+                run_id,
+                limit_key,
+                [token, name, head, kind, until_ms, in_ms, event_type, child_id],
+                [child_key],
+            )
+        )
+
+    def send_event(self, run_id: str, event_type: str, payload: str) -> list[Any]:
+        """Deliver or buffer an event. 1 round trip. See send_event.lua."""
+        return list(self._run("send_event", run_id, "-", [event_type, payload]))
+
+    def retry(
+        self, run_id: str, limit_key: str, input_json: str, max_attempts: int, forget: Sequence[str]
+    ) -> list[Any]:
+        """Re-queue a failed/canceled run, forgetting some steps. 1 round trip."""
+        return list(self._run("retry", run_id, limit_key, [input_json, max_attempts, *forget]))
+
+    def children(self, run_id: str) -> list[str]:
+        with self.errors():
+            return sorted(str(c) for c in self.redis.smembers(self.keys.children(run_id)))
 
     def schedule_retry(
         self, run_id: str, limit_key: str, token: str, delay_ms: int, error: str
@@ -432,3 +481,54 @@ class Store:
     @staticmethod
     def is_terminal(status: str | None) -> bool:
         return status in TERMINAL_STATUSES
+
+    # -- cron scheduler (celery_flow._scheduler) -------------------------------------------------
+
+    def cron_lease(
+        self, app_id: str, token: str, lease_ms: int, record: Sequence[tuple[str, int]] = ()
+    ) -> tuple[bool, int, str, int]:
+        """Acquire or renew the app's cron leader lease (``lease_ms`` 0: release it).
+
+        While the lease is ours, also records each (entry id, next fire ms) in ``cron:next``.
+        1 round trip. Returns (owned, Redis now ms, holder token or '', holder's lease ms left).
+        """
+        keys = [self.keys.cron_lock(app_id), self.keys.cron_next, self.keys.cron_defs]
+        args: list[str | int] = [token, lease_ms, *(x for pair in record for x in pair)]
+        with self.errors():
+            owned, now, holder, left = self._scripts["cron_lease"](keys=keys, args=args)
+        return bool(owned), int(now), str(holder or ""), int(left)
+
+    def sync_cron(self, app_id: str, defs: Sequence[tuple[str, str]], grace_ms: int) -> int:
+        """Write this app's cron definitions; drop its stale ones. 1 round trip."""
+        args: list[str | int] = [app_id, grace_ms, *(x for pair in defs for x in pair)]
+        with self.errors():
+            return int(
+                self._scripts["cron_sync"](
+                    keys=[self.keys.cron_defs, self.keys.cron_next], args=args
+                )
+            )
+
+    def cron_defs(self) -> dict[str, str]:
+        """Every cron definition (entry id -> JSON) of every app. 1 round trip."""
+        with self.errors():
+            return {str(k): str(v) for k, v in self.redis.hgetall(self.keys.cron_defs).items()}
+
+    def cron_overview(self) -> tuple[dict[str, str], dict[str, float], dict[str, str], int]:
+        """(definitions, next fire ms by id, leader token by app, Redis now ms). 2 round trips."""
+        with self.errors():
+            with self.redis.pipeline(transaction=False) as pipe:
+                pipe.hgetall(self.keys.cron_defs)
+                pipe.zrange(self.keys.cron_next, 0, -1, withscores=True)
+                pipe.time()
+                defs, nxt, (sec, usec) = pipe.execute()
+            apps = sorted({self._app_of(raw) for raw in defs.values()})
+            holders = self.redis.mget([self.keys.cron_lock(a) for a in apps]) if apps else []
+        leaders = {a: str(h) for a, h in zip(apps, holders, strict=True) if h}
+        return dict(defs), dict(nxt), leaders, int(sec) * 1000 + int(usec) // 1000
+
+    @staticmethod
+    def _app_of(raw: str) -> str:
+        try:
+            return str(json.loads(raw).get("app_id", ""))
+        except (ValueError, AttributeError):
+            return ""

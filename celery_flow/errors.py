@@ -12,6 +12,7 @@
     ├── RunNotFound                  (LookupError)
     ├── RunStateError                (RuntimeError) the run's status forbids the operation
     ├── DuplicateStepError           (ValueError)
+    ├── StepNotFound                 (LookupError)  retry(from_step=...) names no step
     ├── StepTimeout                  (TimeoutError)
     ├── EventTimeout                 (TimeoutError)
     ├── RunTimeout                   (TimeoutError)
@@ -146,3 +147,7 @@ def describe(exc: BaseException) -> dict[str, Any]:
 
 class ConfigurationError(FlowError, ValueError):
     """Flow(...) is misconfigured (no Redis URL, bad lease or retention)."""
+
+
+class StepNotFound(FlowError, LookupError):
+    """A step name given to ``flow.retry(from_step=...)`` is not a step of that run."""

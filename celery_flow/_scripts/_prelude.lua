@@ -1,7 +1,7 @@
 -- Shared prelude, prepended to every per-run script by celery_flow._store.
 redis.replicate_commands()  -- effects replication: TIME before writes is safe on Redis 5-7
 --
--- Every per-run script receives the same 17 leading KEYS (built by
+-- Every per-run script receives the same 19 leading KEYS (built by
 -- celery_flow._keys.Keys.run_keys) and the run id as ARGV[1]:
 --   KEYS[1]  run:{id}            hash   the run record
 --   KEYS[2]  run:{id}:steps      hash   step name -> JSON step record
@@ -14,6 +14,8 @@ redis.replicate_commands()  -- effects replication: TIME before writes is safe o
 --   KEYS[15] gate:<key>:waiting  zset   run id -> created ms: runs waiting for a slot (FIFO)
 --   KEYS[16] gates               set    limit keys that have waiting runs (for the sweeper)
 --   KEYS[17] rate:<limit key>    string GCRA theoretical arrival time (ms)
+--   KEYS[18] run:{id}:events     hash   event type -> JSON array of buffered payloads (strings)
+--   KEYS[19] run:{id}:children   set    ids of child runs (cancel cascades to them)
 -- The gate settings of a run (gate_max, rate_n, rate_ms, lease_ms, limit_key) are stored in
 -- its hash at enqueue, so every script applies the limits the run was started with.
 -- Time always comes from the Redis server clock (TIME), never a client's.
@@ -22,6 +24,7 @@ local STATUS_KEY = {scheduled = 7, queued = 8, running = 9, waiting = 10,
                     succeeded = 11, failed = 12, canceled = 13}
 local TERMINAL = {succeeded = true, failed = true, canceled = true}
 local GATE, WAITING, GATES, RATE = 14, 15, 16, 17
+local EVENTS, CHILDREN = 18, 19
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -54,7 +57,7 @@ local function terminate(id, old, new, now, retention_ms)
   redis.call('ZREM', KEYS[TIMERS], id)
   redis.call('ZREM', KEYS[QUEUED], id)
   redis.call('RPUSH', KEYS[DONE], '1')
-  for _, k in ipairs({KEYS[RUN], KEYS[STEPS], KEYS[DONE]}) do
+  for _, k in ipairs({KEYS[RUN], KEYS[STEPS], KEYS[DONE], KEYS[EVENTS], KEYS[CHILDREN]}) do
     redis.call('PEXPIRE', k, retention_ms)
   end
 end
@@ -177,4 +180,60 @@ local function release(id, now)
   redis.call('ZREM', KEYS[GATE], id)
   local key = redis.call('HGET', KEYS[RUN], 'limit_key') or ''
   return handoff(id, key, now)
+end
+
+-- ---- waits: sleep, events, child runs -------------------------------------------------------
+-- A waiting run has: wait_step (the step's name), wait_head (its step record as JSON minus
+-- the closing brace, without status/finished_at/output/error), wait_kind, and for events
+-- wait_event, for children wait_child. Payloads and outputs stay opaque JSON strings here
+-- (never decoded: cjson would turn [] into {}).
+
+-- The step record of a finished wait: head + status + finish time + output or error.
+local function wait_record(head, status, now, output, err)
+  local rec = head .. ',"status":"' .. status .. '","finished_at":' .. now
+  if output then rec = rec .. ',"output":' .. output end
+  if err then rec = rec .. ',"error":' .. err end
+  return rec .. '}'
+end
+
+-- End the wait of a run (its hash and steps keys given) with an outcome, and make it due now
+-- so the promoter (or the caller, via claim_due) re-admits it. Returns true when it was waiting.
+local function end_wait(id, run_key, steps_key, status, now, output, err)
+  local v = redis.call('HMGET', run_key, 'status', 'wait_step', 'wait_head')
+  if v[1] ~= 'waiting' or not v[2] then return false end
+  redis.call('HSET', steps_key, v[2], wait_record(v[3], status, now, output, err))
+  redis.call('HDEL', run_key, 'wait_step', 'wait_head', 'wait_kind', 'wait_event', 'wait_child',
+    'wait_until')
+  redis.call('ZADD', KEYS[TIMERS], now, id)
+  return true
+end
+
+local function error_json(kind, message)
+  return '{"type":"celery_flow.errors.' .. kind .. '","message":' .. cjson.encode(message) .. '}'
+end
+
+-- A child run ended: if its parent is waiting on it (run_workflow), end that wait with the
+-- child's output, or ChildRunFailed carrying the child's error. Returns the parent id to
+-- resume, or ''.
+local function wake_parent(id, status, output, err, now)
+  local parent = redis.call('HGET', KEYS[RUN], 'parent')
+  if not parent or parent == '' then return '' end
+  local pk = prefix_of(id) .. ':run:{' .. parent .. '}'
+  if redis.call('HGET', pk, 'wait_child') ~= id then return '' end
+  if status == 'succeeded' then
+    end_wait(parent, pk, pk .. ':steps', 'succeeded', now, output ~= '' and output or 'null', nil)
+  else
+    local wf = redis.call('HGET', KEYS[RUN], 'workflow') or '?'
+    local detail = status
+    local child_err = err ~= '' and err or 'null'
+    if err ~= '' then
+      local e = cjson.decode(err)
+      detail = status .. ': ' .. tostring(e['type']) .. ': ' .. tostring(e['message'])
+    end
+    local msg = 'child run ' .. id .. ' (' .. wf .. ') ' .. detail
+    local rec_err = '{"type":"celery_flow.errors.ChildRunFailed","message":' .. cjson.encode(msg)
+      .. ',"child_error":' .. child_err .. '}'
+    end_wait(parent, pk, pk .. ':steps', 'failed', now, nil, rec_err)
+  end
+  return parent
 end

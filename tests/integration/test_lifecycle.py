@@ -244,13 +244,13 @@ def test_a_zombie_executions_writes_are_rejected_by_the_fencing_token(env):
         False,
         False,
     )
-    assert store.finalize(run_id, "fenced", "2", "succeeded", "1", "", 1000) == (False, [])
+    assert store.finalize(run_id, "fenced", "2", "succeeded", "1", "", 1000) == (False, [], "")
     assert store.schedule_retry(run_id, "fenced", "2", 10, "{}") == (0, [])
     # and a duplicate delivery of an old message is a no-op
     assert store.start(run_id, token, 60_000, "fenced").outcome == "stale"
     assert store.start(run_id, claimed.token, 60_000, "fenced").outcome == "stale"
     # while the owner's writes go through
-    assert store.finalize(run_id, "fenced", "4", "succeeded", "1", "", 60_000) == (True, [])
+    assert store.finalize(run_id, "fenced", "4", "succeeded", "1", "", 60_000) == (True, [], "")
     assert env.flow.get_run(run_id).status == "succeeded"
     assert env.flow.get_run(run_id).attempt == 1  # recovery did not consume an attempt
 

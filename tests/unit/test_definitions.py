@@ -121,8 +121,14 @@ def test_durations_and_names():
 def test_run_keys_share_a_hash_tag_and_follow_the_prelude_order():
     keys = Keys("p").run_keys("abc", "tenant-1")
     assert keys[:2] == ["p:run:{abc}", "p:run:{abc}:steps"]
-    assert keys[5] == "p:run:{abc}:done" and len(keys) == 17
-    assert keys[13:] == ["p:gate:tenant-1", "p:gate:tenant-1:waiting", "p:gates", "p:rate:tenant-1"]
+    assert keys[5] == "p:run:{abc}:done" and len(keys) == 19
+    assert keys[13:17] == [
+        "p:gate:tenant-1",
+        "p:gate:tenant-1:waiting",
+        "p:gates",
+        "p:rate:tenant-1",
+    ]
+    assert keys[17:] == ["p:run:{abc}:events", "p:run:{abc}:children"]
     assert keys[6:13] == [
         f"p:runs:status:{s}"
         for s in ("scheduled", "queued", "running", "waiting", "succeeded", "failed", "canceled")
@@ -136,6 +142,7 @@ def test_the_public_api_is_frozen():
             "ConfigurationError",
             "Context",
             "Cron",
+            "CronStatus",
             "DuplicateStepError",
             "ErrorInfo",
             "EventTimeout",
@@ -160,6 +167,7 @@ def test_the_public_api_is_frozen():
             "RunStateError",
             "RunTimeout",
             "StepInfo",
+            "StepNotFound",
             "StepTimeout",
             "Steps",
             "Workflow",
@@ -173,3 +181,12 @@ def test_the_public_api_is_frozen():
         if isinstance(obj, type) and issubclass(obj, Exception):
             assert issubclass(obj, celery_flow.FlowError), name
             assert obj.__doc__, f"{name} needs a docstring"
+
+
+def test_the_key_pattern_lua_rebuilds_from_the_prefix_matches_keys():
+    # _prelude.lua builds another run's keys as <prefix>:run:{<id>} (and ..':steps'), and
+    # recovers the prefix by cutting len(id) + 7 characters off KEYS[1]
+    keys = Keys("my:prefix")
+    run = keys.run("01ab")
+    assert run == "my:prefix:run:{01ab}" and run[: len(run) - len("01ab") - 7] == "my:prefix"
+    assert keys.steps("01ab") == run + ":steps"
