@@ -4,6 +4,7 @@ Public API only; everything else lives in ``_private`` modules. The export
 list is frozen by ``tests/unit/test_public_api.py``.
 """
 
+from ._batch import Batch, BatchProgress, Page
 from ._context import Context, Steps
 from ._definitions import Cron, Retries
 from ._engine import FailureContext
@@ -45,6 +46,8 @@ from .errors import (
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "Batch",
+    "BatchProgress",
     "ChildRunFailed",
     "ConfigurationError",
     "Context",
@@ -62,6 +65,7 @@ __all__ = [
     "MapFailed",
     "NonRetriableError",
     "OutputSerializationError",
+    "Page",
     "PayloadTooLargeError",
     "ProgressInfo",
     "Retries",

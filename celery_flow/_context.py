@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 import traceback
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, MutableMapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -315,6 +315,32 @@ class Steps:
         assert handle is not None
         ex.record(name, seq, "succeeded", json.dumps(handle.id), 1, started, None, kind="emit")
         return handle.id
+
+    def map(
+        self,
+        name: str,
+        fn: Any,
+        items: Sequence[Any],
+        *,
+        chunk_size: int = 20,
+        retries: Retries | None = None,
+    ) -> list[Any]:
+        """Apply ``fn`` to every item on the workers, in chunks; return the results in order.
+
+        Chunks are one Celery group; the run waits without a worker until every chunk is done.
+        Each item's result is cached, so a redelivered chunk or a ``flow.retry`` recomputes
+        only items without a result. ``fn`` is a Celery task or a module-level function (it is
+        imported by name on the worker that runs the chunk).
+
+        Raises:
+            MapFailed: items failed after their ``retries``; ``.failed_indexes`` lists them.
+
+        Example:
+            >>> sizes = ctx.step.map("resize", resize_image, image_urls, chunk_size=50)
+        """
+        from ._fanout import map_step
+
+        return map_step(self._ex, self._begin(name), name, fn, items, chunk_size, retries)
 
     def _replays(self, rec: dict[str, Any]) -> bool:
         """Whether a recorded wait replays: done, or failed in this generation."""

@@ -13,6 +13,7 @@ from typing import Any, TypeVar, overload
 import celery
 
 from . import _admin, _serde
+from ._batch import Batch, Page, build_batch
 from ._bootsteps import install_worker_step
 from ._cron import cron_definitions, entry_id
 from ._definitions import (
@@ -108,6 +109,9 @@ class Flow:
         self.maintenance = Maintenance(self)
         self.scheduler = Scheduler(self)  # replace to tune: Scheduler(flow, lease_seconds=5)
         install_worker_step(self)
+        self.batches: dict[str, Batch] = {}
+        self.map_task_name = f"celery_flow.map_chunk.{prefix}"
+        self._register_map_task()
         app.celery_flow = self  # lets the CLI and tooling find the Flow of an app
 
     # -- configuration ------------------------------------------------------------------------
@@ -245,6 +249,63 @@ class Flow:
         self.app.task(**task_opts)(run_task)
         self._registry[name] = wf
         return wf
+
+    def batch(
+        self,
+        name: str,
+        *,
+        execute: Workflow[Any],
+        source: Callable[[Any, int], Page],
+        needs_processing: Callable[[list[Any]], Any] | None = None,
+        page_size: int = 50,
+        chunk_size: int = 20,
+    ) -> Batch:
+        """Define a process → paginate → execute batch (API.md section 7).
+
+        ``source(cursor, limit) -> Page`` walks the data by cursor (``None`` first);
+        ``needs_processing(ids) -> ids`` filters already-done items; ``execute`` is the
+        one-item workflow (its ``max_concurrency`` / ``rate_limit`` apply).
+
+        Example:
+            >>> welcome = flow.batch("welcome", execute=generate_user, source=users_page,
+            ...                      needs_processing=without_placeholder, page_size=50)
+            >>> welcome.process(dry_run=True).result(timeout=60)["to_process"]
+        """
+        return build_batch(
+            self,
+            name,
+            execute=execute,
+            source=source,
+            needs_processing=needs_processing,
+            page_size=page_size,
+            chunk_size=chunk_size,
+        )
+
+    def _register_map_task(self) -> None:
+        from ._fanout import run_chunk
+
+        flow = self
+
+        def map_chunk(
+            run_id: str,
+            limit_key: str,
+            step: str,
+            chunk: int,
+            chunk_size: int,
+            ref: dict[str, str],
+            retries: dict[str, Any] | None = None,
+        ) -> str:
+            return run_chunk(flow, run_id, limit_key, step, chunk, chunk_size, ref, retries)
+
+        self.app.task(
+            name=self.map_task_name,
+            acks_late=True,
+            reject_on_worker_lost=True,
+            ignore_result=True,
+            serializer="json",
+            shared=False,
+            typing=False,
+        )(map_chunk)
 
     @property
     def workflows(self) -> Mapping[str, Workflow[Any]]:

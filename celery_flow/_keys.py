@@ -14,6 +14,9 @@ Keys (type; what it holds; who writes it; TTL):
 * ``run:{id}:events`` (hash): event type -> JSON array of buffered payloads; send_event,
   suspend (consumes); same TTL.
 * ``run:{id}:children`` (set): ids of the run's child runs; enqueue of a child; same TTL.
+* ``run:{id}:maps`` (hash): ``<step>\x1f<i|r|e>\x1f<index>`` -> item / result / error JSON of
+  ``ctx.step.map`` items, plus ``<step>\x1f<n|chunks|done|errors>`` counters; same TTL.
+* ``run:{id}:mapdone`` (set): ``<step>\x1f<chunk index>`` of finished chunks (idempotent fan-in).
 * ``runs:created`` (zset): run id -> created ms; enqueue, purge_run.
 * ``runs:status:<status>`` (zset): run id -> ms it entered that status; every transition.
 * ``wf:<name>:runs`` (zset): run id -> created ms; enqueue, purge_run.
@@ -73,6 +76,12 @@ class Keys:
     def children(self, run_id: str) -> str:
         return f"{self.prefix}:run:{{{run_id}}}:children"
 
+    def maps(self, run_id: str) -> str:
+        return f"{self.prefix}:run:{{{run_id}}}:maps"
+
+    def mapdone(self, run_id: str) -> str:
+        return f"{self.prefix}:run:{{{run_id}}}:mapdone"
+
     @property
     def created(self) -> str:
         return f"{self.prefix}:runs:created"
@@ -130,7 +139,7 @@ class Keys:
         return f"{self.prefix}:lock:cron:{app_id}"
 
     def run_keys(self, run_id: str, limit_key: str) -> list[str]:
-        """The 19 leading KEYS of every per-run script, in ``_prelude.lua``'s order."""
+        """The 21 leading KEYS of every per-run script, in ``_prelude.lua``'s order."""
         return [
             self.run(run_id),
             self.steps(run_id),
@@ -145,4 +154,6 @@ class Keys:
             self.rate(limit_key),
             self.events(run_id),
             self.children(run_id),
+            self.maps(run_id),
+            self.mapdone(run_id),
         ]

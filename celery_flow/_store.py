@@ -43,6 +43,8 @@ _SCRIPT_NAMES = (
     "retry",
     "cron_lease",
     "cron_sync",
+    "map_start",
+    "map_chunk_done",
 )
 
 
@@ -295,6 +297,46 @@ class Store:
     ) -> list[Any]:
         """Re-queue a failed/canceled run, forgetting some steps. 1 round trip."""
         return list(self._run("retry", run_id, limit_key, [input_json, max_attempts, *forget]))
+
+    def map_start(
+        self,
+        run_id: str,
+        limit_key: str,
+        token: str,
+        step: str,
+        head: str,
+        n: int,
+        chunk_size: int,
+        watchdog_ms: int,
+        items: Sequence[str] | None,
+    ) -> list[Any]:
+        """Store map items (or re-dispatch) and park the run. 1 round trip. See map_start.lua."""
+        mode = "start" if items is not None else "redispatch"
+        return list(
+            self._run(
+                "map_start",
+                run_id,
+                limit_key,
+                [token, step, head, n, chunk_size, watchdog_ms, mode, *(items or ())],
+            )
+        )
+
+    def map_chunk_done(self, run_id: str, limit_key: str, step: str, chunk: int) -> str:
+        """Fan-in of one chunk. 1 round trip. Returns dup | more | complete | resume."""
+        return str(self._run("map_chunk_done", run_id, limit_key, [step, chunk])[0])
+
+    def map_fields(self, run_id: str, step: str, kind: str, indexes: Sequence[int]) -> list[Any]:
+        """Item (i), result (r) or error (e) JSON of map items, None where absent. 1 round trip."""
+        if not indexes:
+            return []
+        fields = [f"{step}\x1f{kind}\x1f{k}" for k in indexes]
+        with self.errors():
+            return list(self.redis.hmget(self.keys.maps(run_id), fields))
+
+    def map_record(self, run_id: str, step: str, kind: str, index: int, value: str) -> None:
+        """Record one item's result (r) or error (e): a single HSET. 1 round trip."""
+        with self.errors():
+            self.redis.hset(self.keys.maps(run_id), f"{step}\x1f{kind}\x1f{index}", value)
 
     def children(self, run_id: str) -> list[str]:
         with self.errors():

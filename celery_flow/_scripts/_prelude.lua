@@ -1,7 +1,7 @@
 -- Shared prelude, prepended to every per-run script by celery_flow._store.
 redis.replicate_commands()  -- effects replication: TIME before writes is safe on Redis 5-7
 --
--- Every per-run script receives the same 19 leading KEYS (built by
+-- Every per-run script receives the same 21 leading KEYS (built by
 -- celery_flow._keys.Keys.run_keys) and the run id as ARGV[1]:
 --   KEYS[1]  run:{id}            hash   the run record
 --   KEYS[2]  run:{id}:steps      hash   step name -> JSON step record
@@ -16,6 +16,9 @@ redis.replicate_commands()  -- effects replication: TIME before writes is safe o
 --   KEYS[17] rate:<limit key>    string GCRA theoretical arrival time (ms)
 --   KEYS[18] run:{id}:events     hash   event type -> JSON array of buffered payloads (strings)
 --   KEYS[19] run:{id}:children   set    ids of child runs (cancel cascades to them)
+--   KEYS[20] run:{id}:maps       hash   <step>\31<i|r|e>\31<index> -> item / result / error JSON,
+--                                       <step>\31n, \31chunks, \31done, \31errors -> counters
+--   KEYS[21] run:{id}:mapdone    set    <step>\31<chunk index>: chunks that finished (fan-in)
 -- The gate settings of a run (gate_max, rate_n, rate_ms, lease_ms, limit_key) are stored in
 -- its hash at enqueue, so every script applies the limits the run was started with.
 -- Time always comes from the Redis server clock (TIME), never a client's.
@@ -24,7 +27,7 @@ local STATUS_KEY = {scheduled = 7, queued = 8, running = 9, waiting = 10,
                     succeeded = 11, failed = 12, canceled = 13}
 local TERMINAL = {succeeded = true, failed = true, canceled = true}
 local GATE, WAITING, GATES, RATE = 14, 15, 16, 17
-local EVENTS, CHILDREN = 18, 19
+local EVENTS, CHILDREN, MAPS, MAPDONE = 18, 19, 20, 21
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -57,7 +60,8 @@ local function terminate(id, old, new, now, retention_ms)
   redis.call('ZREM', KEYS[TIMERS], id)
   redis.call('ZREM', KEYS[QUEUED], id)
   redis.call('RPUSH', KEYS[DONE], '1')
-  for _, k in ipairs({KEYS[RUN], KEYS[STEPS], KEYS[DONE], KEYS[EVENTS], KEYS[CHILDREN]}) do
+  for _, k in ipairs({KEYS[RUN], KEYS[STEPS], KEYS[DONE], KEYS[EVENTS], KEYS[CHILDREN],
+                      KEYS[MAPS], KEYS[MAPDONE]}) do
     redis.call('PEXPIRE', k, retention_ms)
   end
 end

@@ -1,5 +1,5 @@
 -- cancel: request cancellation; immediate for queued / scheduled / waiting runs.
--- KEYS[1..19] run keys
+-- KEYS[1..21] run keys
 -- ARGV[1] run id   ARGV[2] reason   ARGV[3] error JSON recorded on an immediate cancel
 -- ARGV[4] TTL ms once terminal
 -- Returns {'missing'} | {'terminal', status} | {'requested'} (running: stops at the next step)

@@ -3,7 +3,7 @@
 -- A waiting run whose own wait time passed gets that step's outcome written first: a sleep
 -- succeeded, an event wait failed with EventTimeout, a child wait failed with StepTimeout.
 -- (A run woken by its workflow deadline keeps the step waiting: replay raises RunTimeout.)
--- KEYS[1..19] run keys
+-- KEYS[1..21] run keys
 -- ARGV[1] run id
 -- Returns {{id, token, queue, workflow, limit_key}} to publish, or {} (not due, no longer
 -- waiting on a timer, or parked).
@@ -18,7 +18,8 @@ if v[1] == 'waiting' then
   local w = redis.call('HMGET', KEYS[RUN], 'wait_step', 'wait_head', 'wait_kind', 'wait_until',
     'wait_event', 'wait_child')
   local until_ms = tonumber(w[4] or '0') or 0
-  if w[1] and until_ms > 0 and until_ms <= now then
+  -- (a map's timer is a watchdog: the step stays waiting and the replay re-dispatches chunks)
+  if w[1] and until_ms > 0 and until_ms <= now and w[3] ~= 'map' then
     local rec
     if w[3] == 'sleep' then
       rec = wait_record(w[2], 'succeeded', now, 'null', nil)

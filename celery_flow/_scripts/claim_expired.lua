@@ -1,6 +1,6 @@
 -- claim_expired (reaper): a running run whose lease ran out gives back its gate slot and is
 -- re-queued under a new token (admitted through its gate like a new run).
--- KEYS[1..19] run keys
+-- KEYS[1..21] run keys
 -- ARGV[1] run id
 -- Returns a list of runs to publish {{id, token, queue, workflow, limit_key}, ...}: waiters
 -- handed the slot, then this run when it was admitted. Empty when the lease is still live.

@@ -2,7 +2,7 @@
 -- is published again under the SAME token, so whichever copy arrives first starts it and the
 -- other is a no-op (a new token would push the run behind a long backlog forever). Runs
 -- waiting for a gate slot are not in the `queued` index, so they are never republished.
--- KEYS[1..19] run keys
+-- KEYS[1..21] run keys
 -- ARGV[1] run id   ARGV[2] age ms
 -- Returns {{id, token, queue, workflow, limit_key}} or {}.
 local id = ARGV[1]

@@ -1,7 +1,7 @@
 -- enqueue: create a run with its indexes and idempotency mapping, and admit it through its gate.
--- KEYS[1..19] run keys (see _prelude.lua)
--- KEYS[20] runs:created zset   KEYS[21] wf:<name>:runs zset   KEYS[22] idem:<wf>:<key> string
--- KEYS[23] the parent's children set (run:{parent}:children) when ARGV[6] is set
+-- KEYS[1..21] run keys (see _prelude.lua)
+-- KEYS[22] runs:created zset   KEYS[23] wf:<name>:runs zset   KEYS[24] idem:<wf>:<key> string
+-- KEYS[25] the parent's children set (run:{parent}:children) when ARGV[6] is set
 -- ARGV[1] run id   ARGV[2] workflow   ARGV[3] input JSON   ARGV[4] queue ('' = Celery routing)
 -- ARGV[5] max_attempts   ARGV[6] parent run id or ''   ARGV[7] idempotency key or ''
 -- ARGV[8] idempotency TTL ms   ARGV[9] run_at ms (0 = now)   ARGV[10] timeout ms (0 = none)
@@ -14,7 +14,7 @@
 -- for a slot), 'scheduled' (run_at or rate limit) mean a later script publishes it.
 local id = ARGV[1]
 if ARGV[7] ~= '' then
-  local existing = redis.call('GET', KEYS[22])
+  local existing = redis.call('GET', KEYS[24])
   if existing then return {'existing', existing} end
 end
 if redis.call('EXISTS', KEYS[RUN]) == 1 then return {'existing', id} end
@@ -28,10 +28,10 @@ redis.call('HSET', KEYS[RUN], 'id', id, 'workflow', ARGV[2], 'input', ARGV[3], '
   'max_attempts', ARGV[5], 'parent', ARGV[6], 'idem_key', ARGV[7], 'attempt', 1, 'token', 1,
   'created_at', now, 'timeout_ms', ARGV[10], 'limit_key', ARGV[11], 'gate_max', ARGV[12],
   'rate_n', ARGV[13], 'rate_ms', ARGV[14], 'lease_ms', ARGV[15])
-redis.call('ZADD', KEYS[20], now, id)
-redis.call('ZADD', KEYS[21], now, id)
-if ARGV[7] ~= '' then redis.call('SET', KEYS[22], id, 'PX', ARGV[8]) end
-if ARGV[6] ~= '' then redis.call('SADD', KEYS[23], id) end
+redis.call('ZADD', KEYS[22], now, id)
+redis.call('ZADD', KEYS[23], now, id)
+if ARGV[7] ~= '' then redis.call('SET', KEYS[24], id, 'PX', ARGV[8]) end
+if ARGV[6] ~= '' then redis.call('SADD', KEYS[25], id) end
 if run_at > now then
   redis.call('HSET', KEYS[RUN], 'run_at', run_at)
   redis.call('ZADD', KEYS[TIMERS], run_at, id)

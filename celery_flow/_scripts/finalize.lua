@@ -1,5 +1,5 @@
 -- finalize: running -> succeeded | failed | canceled, fenced by token; frees the gate slot.
--- KEYS[1..19] run keys
+-- KEYS[1..21] run keys
 -- ARGV[1] run id   ARGV[2] token   ARGV[3] terminal status   ARGV[4] output JSON or ''
 -- ARGV[5] error JSON or ''   ARGV[6] TTL ms of the run, its steps and done marker
 -- Returns {1, woken, parent} (woken: waiters handed the slot, to publish; parent: a parent

@@ -1,5 +1,5 @@
 -- purge_run: delete one terminal run, its steps and every index entry.
--- KEYS[1..19] run keys   KEYS[20] runs:created   KEYS[21] wf:<name>:runs
+-- KEYS[1..21] run keys   KEYS[22] runs:created   KEYS[23] wf:<name>:runs
 -- ARGV[1] run id   ARGV[2] cutoff ms: only runs finished at or before it are deleted
 -- Returns 1 when deleted, 0 when the run is not terminal or finished after the cutoff.
 -- A run whose hash already expired is only removed from the indexes.
@@ -9,10 +9,11 @@ if v[1] then
   if not TERMINAL[v[1]] then return 0 end
   if tonumber(v[2] or '0') > tonumber(ARGV[2]) then return 0 end
 end
-redis.call('DEL', KEYS[RUN], KEYS[STEPS], KEYS[DONE], KEYS[EVENTS], KEYS[CHILDREN])
+redis.call('DEL', KEYS[RUN], KEYS[STEPS], KEYS[DONE], KEYS[EVENTS], KEYS[CHILDREN],
+  KEYS[MAPS], KEYS[MAPDONE])
 for i = 3, 5 do redis.call('ZREM', KEYS[i], id) end
 for i = 7, 13 do redis.call('ZREM', KEYS[i], id) end
 redis.call('ZREM', KEYS[WAITING], id)
-redis.call('ZREM', KEYS[20], id)
-redis.call('ZREM', KEYS[21], id)
+redis.call('ZREM', KEYS[22], id)
+redis.call('ZREM', KEYS[23], id)
 return 1

@@ -1,5 +1,5 @@
 -- renew: extend a running run's lease (heartbeat) and its gate slot; note its current step.
--- KEYS[1..19] run keys
+-- KEYS[1..21] run keys
 -- ARGV[1] run id   ARGV[2] token   ARGV[3] lease ms   ARGV[4] current step name or ''
 -- Returns {1, cancel_requested} or {0}: the execution lost ownership and must stop writing.
 if not owns(ARGV[2]) then return {0} end

@@ -1,6 +1,6 @@
 -- retry: a failed or canceled run runs again under the same id. Steps named in ARGV[4..] are
 -- forgotten (they and everything after them run again); the others replay from the cache.
--- KEYS[1..19] run keys
+-- KEYS[1..21] run keys
 -- ARGV[1] run id   ARGV[2] new input JSON ('' keeps the input)   ARGV[3] max_attempts
 -- ARGV[4..] step names to forget
 -- Returns {'missing'} | {'state', status} (not failed/canceled: nothing written)
@@ -19,7 +19,8 @@ redis.call('HDEL', KEYS[RUN], 'error', 'output', 'finished_at', 'started_at', 'd
 local token = tostring(tonumber(v[2]) + 1)
 redis.call('HSET', KEYS[RUN], 'attempt', 1, 'max_attempts', ARGV[3], 'token', token)
 redis.call('HINCRBY', KEYS[RUN], 'retries', 1)
-for _, k in ipairs({KEYS[RUN], KEYS[STEPS], KEYS[EVENTS], KEYS[CHILDREN]}) do
+for _, k in ipairs({KEYS[RUN], KEYS[STEPS], KEYS[EVENTS], KEYS[CHILDREN], KEYS[MAPS],
+                    KEYS[MAPDONE]}) do
   redis.call('PERSIST', k)
 end
 redis.call('DEL', KEYS[DONE])

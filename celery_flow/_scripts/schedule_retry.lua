@@ -1,6 +1,6 @@
 -- schedule_retry: running -> scheduled for the next attempt after a backoff, fenced by token.
 -- The gate slot is given back while the run waits.
--- KEYS[1..19] run keys
+-- KEYS[1..21] run keys
 -- ARGV[1] run id   ARGV[2] token   ARGV[3] delay ms   ARGV[4] error JSON of the failed attempt
 -- Returns {due ms, woken}, or {0} when the token is stale (nothing written).
 local id = ARGV[1]

@@ -1,5 +1,5 @@
 -- send_event: deliver an event to the run waiting for it, or buffer it for a later wait.
--- KEYS[1..19] run keys
+-- KEYS[1..21] run keys
 -- ARGV[1] run id   ARGV[2] event type   ARGV[3] payload JSON
 -- Returns {'missing'} | {'terminal', status} | {'delivered'} (the waiting step got the payload
 -- and the run is due: the caller claims it at once) | {'buffered', count of that type}.

@@ -1,5 +1,5 @@
 -- start: a delivered Celery message claims its run (queued -> running) under a new token.
--- KEYS[1..19] run keys
+-- KEYS[1..21] run keys
 -- ARGV[1] run id   ARGV[2] token carried by the message   ARGV[3] lease ms
 -- Returns {'missing'} | {'stale', status} (duplicate or superseded delivery: a no-op)
 --       | {'gated'} (its slot reservation lapsed and the gate is full: it waits, FIFO)

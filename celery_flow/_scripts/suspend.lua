@@ -3,7 +3,7 @@
 -- step's own time (wake-up or timeout) and the run's deadline. When the wait is already over
 -- (an event was buffered, the child already ended, the sleep is due) the step is recorded as
 -- done instead and the run keeps running.
--- KEYS[1..19] run keys   KEYS[20] the child run's hash (child waits; any key otherwise)
+-- KEYS[1..21] run keys   KEYS[20] the child run's hash (child waits; any key otherwise)
 -- ARGV[1] run id   ARGV[2] token   ARGV[3] step name   ARGV[4] step record head: JSON of its
 -- fixed fields without the closing brace   ARGV[5] kind: sleep | event | child
 -- ARGV[6] absolute until ms (0 = none)   ARGV[7] relative until ms from now (-1 = none)

@@ -25,7 +25,11 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
 )
 flow = Flow(
-    app, redis_url=REDIS, prefix=PREFIX, lease_seconds=float(os.environ.get("CF_TEST_LEASE", "2"))
+    app,
+    republish_after=float(os.environ.get("CF_TEST_REPUBLISH", "300")),
+    redis_url=REDIS,
+    prefix=PREFIX,
+    lease_seconds=float(os.environ.get("CF_TEST_LEASE", "2")),
 )
 _probe = redis.Redis.from_url(REDIS)
 
@@ -81,3 +85,10 @@ def gated_slow(ctx, n: int) -> int:
         return n
 
     return int(ctx.step.run("hold", hold))
+
+
+@flow.workflow(name="map-parent")
+def map_parent(ctx, n: int) -> list:
+    from tests.apps import map_fns
+
+    return ctx.step.map("items", map_fns.slow_once_on_five, list(range(n)), chunk_size=10)

@@ -138,6 +138,9 @@ def test_run_keys_share_a_hash_tag_and_follow_the_prelude_order():
 def test_the_public_api_is_frozen():
     assert sorted(celery_flow.__all__) == sorted(
         [
+            "Batch",
+            "BatchProgress",
+            "Page",
             "ChildRunFailed",
             "ConfigurationError",
             "Context",
