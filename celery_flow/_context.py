@@ -342,6 +342,40 @@ class Steps:
 
         return map_step(self._ex, self._begin(name), name, fn, items, chunk_size, retries)
 
+    def map_workflow(
+        self, name: str, workflow: Any, inputs: Sequence[Any], *, chunk_size: int = 20
+    ) -> list[Any]:
+        """Start one child run per input (in chunks, on the workers) and wait for all of them.
+
+        Returns the children's outputs in input order. Children are started exactly once
+        (deterministic ids) and the last one to end resumes this run; meanwhile it holds no
+        worker and no gate slot.
+
+        Raises:
+            MapFailed: children failed or were canceled; ``.failed_indexes`` lists them.
+
+        Example:
+            >>> shipments = ctx.step.map_workflow("ship", ship_order, orders, chunk_size=50)
+        """
+        from ._fanout import children_outcome, start_child
+
+        ex = self._ex
+        wf = ex.flow.get_workflow(workflow)
+        seq = self._begin(name)
+        items = [
+            {
+                "workflow": wf.name,
+                "input": inp,
+                "id": ex.child_id(f"{name}:{i}"),
+                "parent": ex.run_id,
+                "step": name,
+            }
+            for i, inp in enumerate(inputs)
+        ]
+        ids = self.map(f"{name}:start", start_child, items, chunk_size=chunk_size)
+        self._wait(name, seq, "children", {"workflow": wf.name, "n": len(ids)}, children=ids)
+        return children_outcome(ex, name, ids)
+
     def _replays(self, rec: dict[str, Any]) -> bool:
         """Whether a recorded wait replays: done, or failed in this generation."""
         if rec["status"] in ("succeeded", "compensated"):
@@ -359,6 +393,7 @@ class Steps:
         in_ms: int = -1,
         event_type: str = "",
         child_id: str = "",
+        children: Sequence[str] = (),
     ) -> Any:
         ex = self._ex
         cached = ex.steps.get(name)
@@ -394,6 +429,7 @@ class Steps:
             in_ms=in_ms,
             event_type=event_type,
             child_id=child_id,
+            children=children,
         )
         if res[0] == "lost":
             ex.lost = True

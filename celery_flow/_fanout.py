@@ -232,3 +232,38 @@ def _run_item(
             return
         flow.store.map_record(run_id, step, "r", k, out)
         return
+
+
+def start_child(item: dict[str, Any]) -> str:
+    """Map fn of ``map_workflow``: start one child run (idempotent: its id is deterministic)."""
+    flow = current_flow.get()
+    if flow is None:  # pragma: no cover - only ever called by a map chunk task
+        raise RuntimeError("start_child runs inside a celery_flow map chunk")
+    handle = flow._start(
+        flow.get_workflow(item["workflow"]),
+        item["input"],
+        idempotency_key=None,
+        idempotency_ttl=flow.retention,
+        run_at=None,
+        delay=None,
+        queue=None,
+        parent=item["parent"],
+        run_id=item["id"],
+        parent_step=item["step"],
+    )
+    assert handle is not None
+    return handle.id
+
+
+def children_outcome(ex: Execution, name: str, ids: list[str]) -> list[Any]:
+    """Outputs of a map_workflow's children in order, or MapFailed naming the failed ones."""
+    hashes = ex.store.load_many(ids)
+    failed = [k for k, h in enumerate(hashes) if h.get("status") != "succeeded"]
+    if failed:
+        shown = ", ".join(map(str, failed[:20])) + (", ..." if len(failed) > 20 else "")
+        raise MapFailed(
+            f"{len(failed)} of {len(ids)} child runs of map_workflow step {name!r} did not "
+            f"succeed (indexes {shown}); see each child's error with flow.get_run(child_id)",
+            failed,
+        )
+    return [_serde.loads(h.get("output")) for h in hashes]

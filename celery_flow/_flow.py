@@ -394,6 +394,7 @@ class Flow:
         parent: str = "",
         run_id: str | None = None,
         skip_if_full: bool = False,
+        parent_step: str = "",
     ) -> RunHandle | None:
         """Validate, record and publish a run (see Workflow.run).
 
@@ -425,6 +426,7 @@ class Flow:
             rate=parse_rate(wf.rate_limit),
             lease_ms=self.lease_ms,
             skip_if_full=skip_if_full,
+            parent_step=parent_step,
         )
         if outcome == "skipped":
             return None

@@ -164,6 +164,7 @@ class Store:
         rate: tuple[int, int] | None,
         lease_ms: int,
         skip_if_full: bool = False,
+        parent_step: str = "",
     ) -> tuple[bool, str, str, str]:
         """Create and admit a run. 1 round trip.
 
@@ -197,6 +198,7 @@ class Store:
                 rate_ms,
                 lease_ms,
                 "1" if skip_if_full else "0",
+                parent_step,
             ],
             extra,
         )
@@ -275,6 +277,7 @@ class Store:
         in_ms: int = -1,
         event_type: str = "",
         child_id: str = "",
+        children: Sequence[str] = (),
     ) -> list[Any]:
         """Park the run on a waiting step (or record it done). 1 round trip. See suspend.lua."""
         child_key = self.keys.run(child_id) if child_id else self.keys.run("-")
@@ -283,7 +286,7 @@ class Store:
                 "suspend",
                 run_id,
                 limit_key,
-                [token, name, head, kind, until_ms, in_ms, event_type, child_id],
+                [token, name, head, kind, until_ms, in_ms, event_type, child_id, *children],
                 [child_key],
             )
         )

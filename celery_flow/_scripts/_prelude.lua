@@ -28,6 +28,7 @@ local STATUS_KEY = {scheduled = 7, queued = 8, running = 9, waiting = 10,
 local TERMINAL = {succeeded = true, failed = true, canceled = true}
 local GATE, WAITING, GATES, RATE = 14, 15, 16, 17
 local EVENTS, CHILDREN, MAPS, MAPDONE = 18, 19, 20, 21
+local EXTRA = 22  -- the first script-specific key after the fixed layout
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -207,7 +208,7 @@ local function end_wait(id, run_key, steps_key, status, now, output, err)
   if v[1] ~= 'waiting' or not v[2] then return false end
   redis.call('HSET', steps_key, v[2], wait_record(v[3], status, now, output, err))
   redis.call('HDEL', run_key, 'wait_step', 'wait_head', 'wait_kind', 'wait_event', 'wait_child',
-    'wait_until')
+    'wait_until', 'wait_left')
   redis.call('ZADD', KEYS[TIMERS], now, id)
   return true
 end
@@ -223,7 +224,15 @@ local function wake_parent(id, status, output, err, now)
   local parent = redis.call('HGET', KEYS[RUN], 'parent')
   if not parent or parent == '' then return '' end
   local pk = prefix_of(id) .. ':run:{' .. parent .. '}'
-  if redis.call('HGET', pk, 'wait_child') ~= id then return '' end
+  local w = redis.call('HMGET', pk, 'wait_child', 'wait_kind', 'wait_step', 'status')
+  if w[2] == 'children' and w[4] == 'waiting'
+      and w[3] == redis.call('HGET', KEYS[RUN], 'parent_step') then
+    -- map_workflow fan-in: the last child to end resumes the parent (its replay reads them all)
+    if redis.call('HINCRBY', pk, 'wait_left', -1) > 0 then return '' end
+    end_wait(parent, pk, pk .. ':steps', 'succeeded', now, 'null', nil)
+    return parent
+  end
+  if w[1] ~= id then return '' end
   if status == 'succeeded' then
     end_wait(parent, pk, pk .. ':steps', 'succeeded', now, output ~= '' and output or 'null', nil)
   else

@@ -14,6 +14,6 @@ redis.call('DEL', KEYS[RUN], KEYS[STEPS], KEYS[DONE], KEYS[EVENTS], KEYS[CHILDRE
 for i = 3, 5 do redis.call('ZREM', KEYS[i], id) end
 for i = 7, 13 do redis.call('ZREM', KEYS[i], id) end
 redis.call('ZREM', KEYS[WAITING], id)
-redis.call('ZREM', KEYS[22], id)
-redis.call('ZREM', KEYS[23], id)
+redis.call('ZREM', KEYS[EXTRA], id)
+redis.call('ZREM', KEYS[EXTRA + 1], id)
 return 1

@@ -121,3 +121,26 @@ def test_a_worker_killed_mid_chunk_recomputes_no_finished_item(
     calls = [int(r.get(f"{flow_prefix}:probe:item:{n}") or 0) for n in range(10)]
     # items 0-4 finished before the kill and were not recomputed; item 5 ran twice
     assert calls == [1, 1, 1, 1, 1, 2, 1, 1, 1, 1]
+
+
+def test_map_workflow_starts_one_child_per_input_and_returns_outputs_in_order(env):
+    @env.flow.workflow()
+    def ship(ctx, order: int):
+        ctx.step.sleep("pack", 0.05 * (order % 3))  # children finish out of order
+        if order == 13:
+            raise ValueError("address unknown")
+        return f"shipped {order}"
+
+    @env.flow.workflow()
+    def fulfil_all(ctx, n: int):
+        try:
+            return ctx.step.map_workflow("ship", ship, list(range(n)), chunk_size=10)
+        except MapFailed as exc:
+            return {"failed": exc.failed_indexes}
+
+    with env.worker(concurrency=2):
+        assert fulfil_all.run(12).result(timeout=30) == [f"shipped {i}" for i in range(12)]
+        assert fulfil_all.run(30).result(timeout=30) == {"failed": [13]}
+    children = env.flow.list_runs(workflow="ship", limit=1000).runs
+    assert len(children) == 42  # each child started exactly once despite the parent's replays
+    assert all(c.parent_run_id for c in children)

@@ -121,14 +121,19 @@ def test_durations_and_names():
 def test_run_keys_share_a_hash_tag_and_follow_the_prelude_order():
     keys = Keys("p").run_keys("abc", "tenant-1")
     assert keys[:2] == ["p:run:{abc}", "p:run:{abc}:steps"]
-    assert keys[5] == "p:run:{abc}:done" and len(keys) == 19
+    assert keys[5] == "p:run:{abc}:done" and len(keys) == 21
     assert keys[13:17] == [
         "p:gate:tenant-1",
         "p:gate:tenant-1:waiting",
         "p:gates",
         "p:rate:tenant-1",
     ]
-    assert keys[17:] == ["p:run:{abc}:events", "p:run:{abc}:children"]
+    assert keys[17:] == [
+        "p:run:{abc}:events",
+        "p:run:{abc}:children",
+        "p:run:{abc}:maps",
+        "p:run:{abc}:mapdone",
+    ]
     assert keys[6:13] == [
         f"p:runs:status:{s}"
         for s in ("scheduled", "queued", "running", "waiting", "succeeded", "failed", "canceled")
@@ -193,3 +198,23 @@ def test_the_key_pattern_lua_rebuilds_from_the_prefix_matches_keys():
     run = keys.run("01ab")
     assert run == "my:prefix:run:{01ab}" and run[: len(run) - len("01ab") - 7] == "my:prefix"
     assert keys.steps("01ab") == run + ":steps"
+
+
+def test_every_per_run_script_declares_the_fixed_key_layout():
+    # A layout change (a new fixed run key) must reach every script header, and scripts must
+    # address script-specific keys as KEYS[EXTRA + i], never by a literal index past it.
+    import re
+    from importlib import resources
+
+    scripts = resources.files("celery_flow") / "_scripts"
+    n_fixed = len(Keys("p").run_keys("r", "k"))
+    prelude = (scripts / "_prelude.lua").read_text()
+    assert f"local EXTRA = {n_fixed + 1}" in prelude
+    for script in scripts.iterdir():
+        text = script.read_text()
+        if script.name.startswith("_") or "run keys" not in text:
+            continue
+        assert f"KEYS[1..{n_fixed}] run keys" in text, script.name
+        code = "\n".join(line for line in text.splitlines() if not line.startswith("--"))
+        literal = [int(i) for i in re.findall(r"KEYS\[(\d+)\]", code)]
+        assert all(i <= n_fixed for i in literal), (script.name, literal)
