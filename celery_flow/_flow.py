@@ -43,6 +43,16 @@ R = TypeVar("R")
 logger = logging.getLogger("celery_flow")
 REGISTRY_GRACE_MS = 30_000
 PURGE_GRACE_MS = 15 * 60_000
+# Every task celery_flow registers: acked after it ran (a crash redelivers it), requeued when
+# a child process dies, no result backend (the run hash is the result), JSON only.
+TASK_OPTIONS: dict[str, Any] = {
+    "acks_late": True,
+    "reject_on_worker_lost": True,
+    "ignore_result": True,
+    "serializer": "json",
+    "shared": False,
+    "typing": False,
+}
 
 
 class Flow:
@@ -235,15 +245,7 @@ class Flow:
             c if c.isalnum() else "_" for c in name
         )
         run_task.__doc__ = f"Executes runs of the celery_flow workflow {name!r}."
-        task_opts: dict[str, Any] = dict(
-            name=wf.task_name,
-            acks_late=True,
-            reject_on_worker_lost=True,
-            ignore_result=True,
-            serializer="json",
-            shared=False,
-            typing=False,
-        )
+        task_opts: dict[str, Any] = dict(TASK_OPTIONS, name=wf.task_name)
         if wf.queue:
             task_opts["queue"] = wf.queue
         self.app.task(**task_opts)(run_task)
@@ -297,15 +299,7 @@ class Flow:
         ) -> str:
             return run_chunk(flow, run_id, limit_key, step, chunk, chunk_size, ref, retries)
 
-        self.app.task(
-            name=self.map_task_name,
-            acks_late=True,
-            reject_on_worker_lost=True,
-            ignore_result=True,
-            serializer="json",
-            shared=False,
-            typing=False,
-        )(map_chunk)
+        self.app.task(**TASK_OPTIONS, name=self.map_task_name)(map_chunk)
 
     @property
     def workflows(self) -> Mapping[str, Workflow[Any]]:
