@@ -434,8 +434,8 @@ class Steps:
         if res[0] == "lost":
             ex.lost = True
             raise LostOwnership(ex.run_id)
-        ex.ending = False  # ... unless the wait was already over: the run goes on
         if res[0] == "done":
+            ex.ending = False  # the wait was already over: the run goes on
             rec = json.loads(res[1])
             ex.steps[name] = rec
             return _wait_outcome(rec)

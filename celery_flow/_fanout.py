@@ -121,11 +121,11 @@ def map_step(
         int(ex.flow.republish_after * 1000),
         encoded,
     )
-    ex.ending = False
     if res[0] == "lost":
         ex.lost = True
         raise LostOwnership(ex.run_id)
     if res[0] == "done":
+        ex.ending = False  # every item already had a result: the run goes on
         ex.steps[name] = json.loads(res[1])
         return _outcome(ex, name, ex.steps[name])
     ex.flow._publish_claimed(_claimed(res[2]))

@@ -4,8 +4,9 @@
 -- KEYS[1..21] run keys
 -- ARGV[1] run id   ARGV[2] token   ARGV[3] step name   ARGV[4] step record head (JSON minus
 -- the closing brace)   ARGV[5] n items   ARGV[6] chunk size   ARGV[7] watchdog ms
--- ARGV[8] 'start' (a new generation: forget earlier errors and chunk marks) or 'redispatch'
--- ARGV[9..] the items as JSON strings (with 'start' only)
+-- ARGV[8] 'start' or 'redispatch'. A start of a map that ran before (a retried run: its
+-- count is stored) forgets its errors and chunk marks and keeps its results; a first start has
+-- nothing to forget.   ARGV[9..] the items as JSON strings (start only)
 -- Returns {'lost'} | {'done', step record} (every item already has a result)
 --       | {'waiting', pending chunk indexes, woken}
 local id, step, head = ARGV[1], ARGV[3], ARGV[4]
@@ -15,12 +16,24 @@ local sep = '\31'
 local p = step .. sep
 local n, size = tonumber(ARGV[5]), tonumber(ARGV[6])
 local chunks = math.ceil(n / size)
+local again = ARGV[8] == 'start' and redis.call('HEXISTS', KEYS[MAPS], p .. 'n') == 1
 if ARGV[8] == 'start' then
-  for i = 9, #ARGV do redis.call('HSET', KEYS[MAPS], p .. 'i' .. sep .. (i - 9), ARGV[i]) end
-  for k = 0, n - 1 do redis.call('HDEL', KEYS[MAPS], p .. 'e' .. sep .. k) end
-  for c = 0, chunks - 1 do redis.call('SREM', KEYS[MAPDONE], p .. c) end
+  -- items in HSETs of 500 fields each (one command per item costs ~4 us in a script)
+  local batch = {}
+  for i = 9, #ARGV do
+    batch[#batch + 1] = p .. 'i' .. sep .. (i - 9)
+    batch[#batch + 1] = ARGV[i]
+    if #batch >= 1000 or i == #ARGV then
+      redis.call('HSET', KEYS[MAPS], unpack(batch))
+      batch = {}
+    end
+  end
   redis.call('HSET', KEYS[MAPS], p .. 'n', n, p .. 'chunks', chunks, p .. 'size', size,
     p .. 'done', 0)
+end
+if again then
+  for k = 0, n - 1 do redis.call('HDEL', KEYS[MAPS], p .. 'e' .. sep .. k) end
+  for c = 0, chunks - 1 do redis.call('SREM', KEYS[MAPDONE], p .. c) end
   -- chunks whose items all have results already (a retried map) count as done now
   for c = 0, chunks - 1 do
     local complete = true
