@@ -56,10 +56,22 @@ def error_dict(exc: BaseException, *, with_traceback: bool = True) -> dict[str, 
 
 
 class RunLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
-    """Adds ``run_id``, ``workflow`` and ``step`` to every record's ``extra``."""
+    """Adds ``run_id``, ``workflow`` and ``step`` to every record's ``extra``.
+
+    ``step`` is the step running when the line is logged (None between steps), so a JSON
+    formatter can ship each line with its run, workflow and step.
+    """
+
+    def __init__(
+        self, logger: logging.Logger, extra: dict[str, Any], step: Callable[[], str] | None = None
+    ) -> None:
+        super().__init__(logger, extra)
+        self._step = step
 
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, Any]:
         extra = dict(self.extra or {})
+        if self._step is not None:
+            extra["step"] = self._step() or None
         extra.update(kwargs.get("extra") or {})
         kwargs["extra"] = extra
         return f"[{extra.get('workflow')} {extra.get('run_id')}] {msg}", kwargs

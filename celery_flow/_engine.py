@@ -86,7 +86,9 @@ class Execution:
         self.ctx: Context | None = None
         self._cancel_polled = time.monotonic()
         self.log = RunLogger(
-            logger, {"run_id": self.run_id, "workflow": workflow.name, "step": None}
+            logger,
+            {"run_id": self.run_id, "workflow": workflow.name, "step": None},
+            step=lambda: self.current_step,
         )
 
     # -- called by the step API ----------------------------------------------------------------

@@ -277,6 +277,7 @@ def test_the_context_exposes_run_identity_progress_and_a_structured_logger(env, 
         )
         ctx.progress(3, 10, "three of ten")
         ctx.log.info("hello from the run")
+        ctx.step.run("inside", lambda: ctx.log.info("hello from a step"))
         return n
 
     with caplog.at_level(logging.INFO, logger="celery_flow"), env.worker():
@@ -299,6 +300,9 @@ def test_the_context_exposes_run_identity_progress_and_a_structured_logger(env, 
     )
     record = next(r for r in caplog.records if "hello from the run" in r.getMessage())
     assert record.run_id == handle.id and record.workflow == "introspect"
+    assert record.step is None  # logged between steps
+    in_step = next(r for r in caplog.records if "hello from a step" in r.getMessage())
+    assert (in_step.run_id, in_step.workflow, in_step.step) == (handle.id, "introspect", "inside")
 
 
 def test_async_handlers_run(env):
