@@ -23,4 +23,6 @@ bench: $(BIN)/.installed  ## benchmarks; results land in bench/results/
 	$(BIN)/python -m bench.bench_core
 	$(BIN)/python -m bench.bench_gate
 	$(BIN)/python -m bench.bench_cron
+	$(BIN)/python -m bench.bench_waits
+	$(BIN)/python -m bench.bench_map
 

@@ -26,6 +26,14 @@ Contents (gate benchmark; each workflow is its own limit key):
 * ``gate-wide``: ``max_concurrency=1000`` (never blocks here, but goes through the gate code),
   one step; returns its input. ``gate-free``: the very same body without any limit.
 * ``gate-rate``: ``rate_limit="20/s"``, one no-op step; returns ``{"i", "t0"}``.
+
+Contents (map benchmark):
+
+* ``identity``: a module-level no-op function (returns its input), the ``ctx.step.map`` fn.
+* ``map-noop``: ``ctx.step.map("map", identity, range(n), chunk_size=...)`` with input
+  ``{"n", "chunk_size"}``; checks the results and returns ``{"n", "sum"}``.
+* ``bench.count_results``: the chord callback of the baseline (a chord of ``bench.noop``);
+  returns ``{"n", "sum"}`` of the header results.
 """
 
 from __future__ import annotations
@@ -177,3 +185,26 @@ def gate_rate(ctx: Context, i: int) -> dict[str, Any]:
     t0 = time.time()
     ctx.step.run("noop", lambda: None)
     return {"i": i, "t0": t0}
+
+
+# -- map benchmark -----------------------------------------------------------------------------
+
+
+def identity(x: Any) -> Any:
+    """The no-op ``ctx.step.map`` fn: returns its input (chunks import it by name)."""
+    return x
+
+
+@flow.workflow(name="map-noop")
+def map_noop(ctx: Context, spec: dict[str, int]) -> dict[str, int]:
+    items = list(range(spec["n"]))
+    results = ctx.step.map("map", identity, items, chunk_size=spec["chunk_size"])
+    if results != items:
+        raise AssertionError("map-noop: results differ from the items")
+    return {"n": len(results), "sum": sum(results)}
+
+
+@app.task(name="bench.count_results")  # type: ignore[untyped-decorator]
+def count_results(results: list[int]) -> dict[str, int]:
+    """Chord callback of the map baseline: how many header results arrived, and their sum."""
+    return {"n": len(results), "sum": sum(results)}

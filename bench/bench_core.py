@@ -38,42 +38,52 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
+import functools
 import os
-import re
 import statistics
-import subprocess
 import sys
-import tempfile
-import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import redis
 
 from bench._common import (
-    RESULTS,
-    ROOT,
+    MONITOR_STOP,
+    MonitorThread,
+    RunClock,
+    WorkerBench,
+    add_run_args,
+    alternate,
+    arg_parser,
+    batch_row,
     command_calls,
-    cpu_jiffies,
-    cpu_probe_ms,
+    commands_per_run,
     delta,
+    flagged_lines,
+    idle_rate,
     log,
-    machine,
+    md_log_excerpt,
+    md_machine,
+    md_targets,
+    md_versions,
+    md_worker,
+    median_rounds,
+    net_of_idle,
+    publish,
     ratio,
-    redis_url,
-    start_worker,
-    stop_worker,
+    report_head,
+    rounded,
+    run_config,
+    script_label,
+    script_names,
     summary_ms,
-    versions,
-    write_atomic,
+    target_rows,
+    timed_batch,
+    wait_for_worker,
+    worker_session,
 )
 
 TARGETS = {
@@ -82,7 +92,6 @@ TARGETS = {
     "per_step_ms": 0.3,
     "replay_round_trips_per_cached_step": 0.0,
 }
-MONITOR_STOP = "celery-flow-bench-monitor-stop"
 
 
 # -- processes ---------------------------------------------------------------------------------
@@ -125,20 +134,16 @@ def tcp_ports(pids: Sequence[int]) -> set[int]:
 
 
 @dataclass
-class MonitorTap:
+class MonitorTap(MonitorThread):
     """Records top-level commands (not script-internal ones) seen by MONITOR in a thread."""
 
-    url: str
-    sha_names: dict[str, str]
     lines: list[tuple[str, str]] = field(default_factory=list)  # (client port, command label)
-    _thread: threading.Thread | None = None
-    _ready: threading.Event = field(default_factory=threading.Event)
 
     def _label(self, command: str) -> str:
         parts = command.split(" ", 2)
         name = parts[0].lower()
         if name == "evalsha" and len(parts) > 1:
-            return f"evalsha:{self.sha_names.get(parts[1], parts[1][:8])}"
+            return script_label(self.sha_names, parts[1])
         return name
 
     def _run(self) -> None:
@@ -153,36 +158,11 @@ class MonitorTap:
                 self.lines.append((cmd["client_port"], self._label(cmd["command"])))
         client.close()
 
-    def __enter__(self) -> MonitorTap:
-        self._thread = threading.Thread(target=self._run, name="bench-monitor", daemon=True)
-        self._thread.start()
-        self._ready.wait(5)
-        time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        client = redis.Redis.from_url(self.url)
-        client.echo(MONITOR_STOP)
-        client.close()
-        if self._thread:
-            self._thread.join(10)
-
 
 # -- phases ------------------------------------------------------------------------------------
 
 
-class Bench:
-    def __init__(self, mod: ModuleType, worker: subprocess.Popen[bytes], args: argparse.Namespace):
-        self.mod = mod
-        self.flow = mod.flow
-        self.worker = worker
-        self.args = args
-        self.r = redis.Redis.from_url(mod.REDIS_URL, decode_responses=True)
-
-    def check_worker(self) -> None:
-        if self.worker.poll() is not None:
-            raise RuntimeError(f"the celery worker exited with status {self.worker.returncode}")
-
+class Bench(WorkerBench):
     def wait_all(self, items: Sequence[Any], get: Callable[[Any], Any], label: str) -> None:
         for i, item in enumerate(items):
             value = get(item)
@@ -200,15 +180,7 @@ class Bench:
 
     def warm_up(self) -> None:
         log("waiting for the worker (a plain task and a workflow)...")
-        deadline = time.monotonic() + 60
-        while True:
-            self.check_worker()
-            try:
-                self.mod.noop.delay(0).get(timeout=2)
-                break
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
+        wait_for_worker(self.check_worker, lambda: self.mod.noop.delay(0).get(timeout=2))
         self.mod.one_step.run(0).result(timeout=30)
         n = self.args.warmup
         log(f"warm-up: {n} runs of each kind, batched then sequential")
@@ -221,44 +193,35 @@ class Bench:
             self.mod.noop.delay(i).get(timeout=30)
         self.mod.many_steps.run(50).result(timeout=30)
 
+    def start_batch(self, label: str, n: int) -> list[Any]:
+        if label == "flow":
+            return [self.mod.one_step.run(i) for i in range(n)]
+        return [self.mod.noop.delay(i) for i in range(n)]
+
+    def wait_batch(self, label: str, items: list[Any]) -> None:
+        self.wait_all(items, self.flow_result if label == "flow" else self.plain_result, label)
+
     def throughput(self) -> dict[str, Any]:
         n, rounds = self.args.runs, self.args.rounds
         out: dict[str, Any] = {"n": n, "rounds": rounds}
         per_round: dict[str, list[dict[str, float]]] = {"flow": [], "plain": []}
         for rnd in range(rounds):
-            order = ("plain", "flow") if rnd % 2 == 0 else ("flow", "plain")
-            for label in order:
+            for label in alternate(("plain", "flow"), rnd):
                 log(
                     f"(a) throughput, round {rnd + 1}/{rounds}, {label}: starting {n} runs, "
                     "then waiting for all"
                 )
-                t0 = time.perf_counter()
-                if label == "flow":
-                    items: list[Any] = [self.mod.one_step.run(i) for i in range(n)]
-                    t_enq = time.perf_counter()
-                    self.wait_all(items, self.flow_result, label)
-                else:
-                    items = [self.mod.noop.delay(i) for i in range(n)]
-                    t_enq = time.perf_counter()
-                    self.wait_all(items, self.plain_result, label)
-                elapsed = time.perf_counter() - t0
-                per_round[label].append(
-                    {
-                        "seconds": round(elapsed, 3),
-                        "runs_per_s": round(n / elapsed, 1),
-                        "enqueue_seconds": round(t_enq - t0, 3),
-                    }
+                elapsed, enq = timed_batch(
+                    functools.partial(self.start_batch, label, n),
+                    functools.partial(self.wait_batch, label),
                 )
+                per_round[label].append(batch_row(n, elapsed, enq))
                 log(
                     f"  {label}: {n / elapsed:.0f} runs/s ({elapsed:.2f} s, of which "
-                    f"{t_enq - t0:.2f} s starting them)"
+                    f"{enq:.2f} s starting them)"
                 )
                 self.check_worker()
-        for label, rows in per_round.items():
-            out[label] = {
-                "runs_per_s": statistics.median(r["runs_per_s"] for r in rows),
-                "rounds": rows,
-            }
+        out.update(median_rounds(per_round))
         out["ratio"] = ratio(out["flow"]["runs_per_s"], out["plain"]["runs_per_s"])
         return out
 
@@ -369,17 +332,13 @@ class Bench:
     def commands(self) -> dict[str, Any]:
         n, idle = self.args.cmd_runs, self.args.idle_seconds
         log(f"(e) Redis commands: idle background over {idle:.0f} s, then {n} sequential runs each")
-        before = command_calls(self.r)
-        time.sleep(idle)
-        background = delta(command_calls(self.r), before)
-        rate = {k: v / idle for k, v in background.items()}
-        store = self.flow.store
-        sha_names = {script.sha: name for name, script in store._scripts.items()}
+        rate = idle_rate(self.r, idle)
+        sha_names = script_names(self.flow)
         worker_pids = process_tree(self.worker.pid)
         out: dict[str, Any] = {
             "n": n,
             "idle_seconds": idle,
-            "background_per_s": {k: round(v, 2) for k, v in sorted(rate.items())},
+            "background_per_s": rounded(rate),
         }
         batches: list[tuple[str, Callable[[int], Any]]] = [
             ("flow", lambda i: self.mod.one_step.run(i).result(timeout=30)),
@@ -396,8 +355,7 @@ class Bench:
                 mine = tcp_ports([os.getpid()])
                 theirs = tcp_ports(process_tree(self.worker.pid) or worker_pids)
             raw = delta(after, before)
-            net = {k: v - rate.get(k, 0.0) * elapsed for k, v in raw.items()}
-            per_run = {k: round(v / n, 2) for k, v in sorted(net.items()) if v / n >= 0.05}
+            net = net_of_idle(raw, rate, elapsed)
             sides: dict[str, Counter[str]] = {
                 "caller": Counter(),
                 "worker": Counter(),
@@ -413,10 +371,7 @@ class Bench:
                 )
                 sides[side][cmd] += 1
             out[label] = {
-                "seconds": round(elapsed, 3),
-                "commands_per_run": round(sum(net.values()) / n, 2),
-                "commands_per_run_raw": round(sum(raw.values()) / n, 2),
-                "by_command_per_run": per_run,
+                **commands_per_run(elapsed, raw, net, n),
                 "top_level_per_run": {
                     side: {
                         "total": round(sum(c.values()) / n, 2),
@@ -439,7 +394,7 @@ class Bench:
 
 
 def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
-    rows = [
+    rows: list[tuple[str, float, str, float]] = [
         (
             "throughput ratio ours/plain",
             res["throughput"]["ratio"],
@@ -460,22 +415,13 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
             TARGETS["replay_round_trips_per_cached_step"],
         ),
     ]
-    return [
-        {
-            "metric": m,
-            "value": v,
-            "target": f"{op} {t:g}",
-            "pass": bool(v >= t if op == ">=" else v <= t),
-        }
-        for m, v, op, t in rows
-    ]
+    return target_rows(rows)
 
 
 def markdown(res: dict[str, Any]) -> str:
     t, lat, enq = res["throughput"], res["latency"], res["enqueue"]
     ps, cmd, cfg = res["per_step"], res["commands"], res["config"]
     v, m, w = res["versions"], res["machine"], res["worker"]
-    ok = "PASS", "FAIL"
 
     def top(side: dict[str, Any]) -> str:
         return ", ".join(f"{k} {x:g}" for k, x in side["by_command"].items()) or "-"
@@ -484,31 +430,18 @@ def markdown(res: dict[str, Any]) -> str:
         "# celery_flow core benchmark",
         "",
         f"- date: {res['date']}",
-        f"- machine: nproc {m['nproc']}, {m['cpu'] or 'cpu ?'}, {m['platform']}",
-        f"- machine noise: CPU steal {m['noise']['steal_percent']}% of CPU time during the run; "
-        f"yardstick loop (2M additions) {m['noise']['cpu_probe_ms_start']:g} ms before, "
-        f"{m['noise']['cpu_probe_ms_end']:g} ms after (lower = faster machine)",
-        f"- versions: python {v['python']}, celery {v['celery']}, kombu {v['kombu']}, "
-        f"redis-py {v['redis_py']}, redis-server {v['redis_server']}, "
-        f"celery_flow {v['celery_flow']}",
-        f"- worker: one `celery worker --pool {cfg['pool']} --concurrency {cfg['concurrency']}` "
-        "(gossip/mingle/heartbeat off), same queue and same Redis for plain tasks and "
-        f"workflows; Redis: {cfg['redis']}",
+        *md_machine(m),
+        md_versions(v),
+        md_worker(
+            cfg,
+            f", same queue and same Redis for plain tasks and workflows; Redis: {cfg['redis']}",
+        ),
         f"- reproduce: `{cfg['command']}`",
         f"- worker exit code {w['exit_code']}; worker log: {w['warnings_unexpected']} unexpected "
         f"warning/error lines, {w['warnings_expected']} expected (replay-steps' planned "
         "failure)",
         "",
-        "## Targets",
-        "",
-        "| metric | value | target | result |",
-        "|---|---:|---:|---|",
-        *(
-            f"| {row['metric']} | {row['value']:g} | {row['target']} | "
-            f"{ok[0] if row['pass'] else ok[1]} |"
-            for row in res["targets"]
-        ),
-        "",
+        *md_targets(res["targets"]),
         "## Side by side",
         "",
         "| measure | celery_flow | plain Celery | ours/plain |",
@@ -567,22 +500,14 @@ def markdown(res: dict[str, Any]) -> str:
         f"{', '.join(f'{k} {x:g}' for k, x in cmd['flow']['by_command_per_run'].items())} | "
         f"{', '.join(f'{k} {x:g}' for k, x in cmd['plain']['by_command_per_run'].items())} |",
         "",
+        *md_log_excerpt("Worker log: unexpected warnings", w["unexpected_excerpt"]),
     ]
-    if w["unexpected_excerpt"]:
-        lines += [
-            "## Worker log: unexpected warnings (first 5)",
-            "",
-            "```",
-            *w["unexpected_excerpt"][:5],
-            "```",
-            "",
-        ]
     return "\n".join(lines)
 
 
 def worker_log_summary(lines: Sequence[str], exit_code: int | None) -> dict[str, Any]:
     """Warnings and errors the worker logged; the planned failure of replay-steps is expected."""
-    flagged = [ln for ln in lines if re.search(r"WARNING|ERROR|CRITICAL|Traceback", ln)]
+    flagged = flagged_lines(lines)
     unexpected = [ln for ln in flagged if "PlannedFailure" not in ln]
     return {
         "exit_code": exit_code,
@@ -597,18 +522,7 @@ def worker_log_summary(lines: Sequence[str], exit_code: int | None) -> dict[str,
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.bench_core",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument(
-        "--pool",
-        default="prefork",
-        choices=["prefork", "threads", "solo"],
-        help="worker pool (default: prefork)",
-    )
-    p.add_argument("--concurrency", type=int, default=4, help="worker concurrency (default: 4)")
+    p = arg_parser("python -m bench.bench_core", __doc__)
     p.add_argument("--runs", type=int, default=2000, help="(a) runs per side and round")
     p.add_argument("--rounds", type=int, default=3, help="(a) rounds, alternating the order")
     p.add_argument("--latency-iters", type=int, default=300, help="(b) iterations per side")
@@ -618,8 +532,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--cmd-runs", type=int, default=200, help="(e) runs per side")
     p.add_argument("--idle-seconds", type=float, default=3.0, help="(e) idle window")
     p.add_argument("--warmup", type=int, default=200, help="warm-up runs per side")
-    p.add_argument("--quick", action="store_true", help="small counts: a smoke run")
-    p.add_argument("--out", type=Path, default=RESULTS, help="results directory")
+    add_run_args(p)
     args = p.parse_args(argv)
     if args.quick:
         args.runs, args.rounds, args.latency_iters, args.enqueue_iters = 200, 1, 50, 100
@@ -632,87 +545,33 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    started = time.monotonic()
-    probe_start, jiffies_start = cpu_probe_ms(), cpu_jiffies()
-    prefix = f"bench-{uuid.uuid4().hex[:8]}"
-    with redis_url() as (url, source), tempfile.TemporaryDirectory() as tmp:
-        os.environ["CELERY_FLOW_BENCH_REDIS_URL"] = url
-        os.environ["CELERY_FLOW_BENCH_PREFIX"] = prefix
-        import importlib
-
-        mod = importlib.import_module("bench.app")  # reads the two variables above
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-        logfile = Path(tmp) / "worker.log"
-        log(f"Redis: {source}; prefix/queue {prefix}")
-        log(f"starting celery worker --pool {args.pool} --concurrency {args.concurrency}")
-        worker = start_worker(args.pool, args.concurrency, env, logfile)
-        ok = False
-        try:
-            bench = Bench(mod, worker, args)
-            bench.warm_up()
-            res: dict[str, Any] = {
-                "date": datetime.now(UTC).isoformat(timespec="seconds"),
-                "machine": machine(),
-                "versions": versions(bench.r),
-                "config": {
-                    "pool": args.pool,
-                    "concurrency": args.concurrency,
-                    "redis": source,
-                    "prefix": prefix,
-                    "command": " ".join(
-                        ["python -m bench.bench_core", *(sys.argv[1:] if argv is None else argv)]
-                    ),
-                    "counts": {
-                        k: getattr(args, k)
-                        for k in (
-                            "runs",
-                            "rounds",
-                            "latency_iters",
-                            "enqueue_iters",
-                            "steps",
-                            "step_reps",
-                            "cmd_runs",
-                            "idle_seconds",
-                            "warmup",
-                        )
-                    },
-                },
-            }
-            res["throughput"] = bench.throughput()
-            res["latency"] = bench.latency()
-            res["enqueue"] = bench.enqueue()
-            res["per_step"] = bench.per_step()
-            res["commands"] = bench.commands()
-            bench.check_worker()
-            ok = True
-        finally:
-            log("stopping the worker")
-            stop_worker(worker)
-            lines = logfile.read_text(errors="replace").splitlines()
-            if not ok:
-                print(
-                    "---- worker log (last 40 lines) ----", *lines[-40:], sep="\n", file=sys.stderr
-                )
-        res["worker"] = worker_log_summary(lines, worker.returncode)
-    steal, total = (b - a for a, b in zip(jiffies_start, cpu_jiffies(), strict=True))
-    res["machine"]["noise"] = {
-        "cpu_probe_ms_start": probe_start,
-        "cpu_probe_ms_end": cpu_probe_ms(),
-        "steal_percent": round(100 * steal / total, 1) if total else None,
-    }
+    clock = RunClock()
+    with worker_session(args.pool, args.concurrency) as session:
+        bench = Bench(session.mod, session.worker, args)
+        bench.warm_up()
+        counts = (
+            "runs",
+            "rounds",
+            "latency_iters",
+            "enqueue_iters",
+            "steps",
+            "step_reps",
+            "cmd_runs",
+            "idle_seconds",
+            "warmup",
+        )
+        config = run_config(args, session, "bench.bench_core", argv, counts)
+        res = report_head(bench.r, config)
+        res["throughput"] = bench.throughput()
+        res["latency"] = bench.latency()
+        res["enqueue"] = bench.enqueue()
+        res["per_step"] = bench.per_step()
+        res["commands"] = bench.commands()
+        bench.check_worker()
+    res["worker"] = worker_log_summary(session.log_lines, session.worker_exit_code())
+    clock.stamp(res)
     res["targets"] = targets(res)
-    res["seconds_total"] = round(time.monotonic() - started, 1)
-    args.out.mkdir(parents=True, exist_ok=True)
-    md = markdown(res)
-    write_atomic(args.out / "core.json", json.dumps(res, indent=2) + "\n")
-    write_atomic(args.out / "core.md", md)
-    print()
-    print(md)
-    log(
-        f"wrote {args.out / 'core.json'} and {args.out / 'core.md'} "
-        f"({res['seconds_total']:.0f} s in total)"
-    )
+    publish(args.out, "core", res, clock, markdown)
     return 0
 
 

@@ -31,16 +31,13 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -49,16 +46,18 @@ from celery import Celery
 
 from bench._common import (
     RESULTS,
-    ROOT,
+    child_env,
     command_calls,
+    command_line,
     delta,
     log,
-    machine,
     percentile,
     redis_url,
+    report_head,
+    spawn,
+    start_worker,
     stop_worker,
-    versions,
-    write_atomic,
+    write_results,
 )
 from celery_flow import Cron, Flow
 
@@ -109,13 +108,6 @@ if os.environ.get("CF_BENCH_CRON_REDIS"):
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def spawn(cmd: list[str], env: dict[str, str], logfile: Path) -> subprocess.Popen[bytes]:
-    with logfile.open("wb") as out:
-        return subprocess.Popen(
-            cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -149,11 +141,10 @@ def lateness(url: str, args: argparse.Namespace, env: dict[str, str], tmp: Path)
     prefix = f"bench-cron-{uuid.uuid4().hex[:8]}"
     env = dict(env, CF_BENCH_CRON_REDIS=url, CF_BENCH_CRON_PREFIX=prefix, CF_BENCH_CRON_ENTRIES="0")
     _, reader = build_app(url, prefix, 0)
-    cmd = [sys.executable, "-m", "celery", "-A", "bench.bench_cron", "worker", "--pool", args.pool]
-    cmd += ["--concurrency", str(args.concurrency), "--loglevel", "WARNING", "--without-gossip"]
-    cmd += ["--without-mingle", "--without-heartbeat", "--hostname", f"{prefix}@%h"]
     log(f"(1) worker --pool {args.pool} -c {args.concurrency}; {args.ticks} ticks + 3 warm-up")
-    worker = spawn(cmd, env, tmp / "worker.log")
+    worker = start_worker(
+        args.pool, args.concurrency, env, tmp / "worker.log", "bench.bench_cron", f"{prefix}@%h"
+    )
     try:
         total = args.ticks + 3
 
@@ -172,7 +163,7 @@ def lateness(url: str, args: argparse.Namespace, env: dict[str, str], tmp: Path)
             (
                 fire,
                 run.created_at.timestamp() * 1000 - fire,
-                run.started_at.timestamp() * 1000 - fire,  # type: ignore[union-attr]
+                run.started_at.timestamp() * 1000 - fire,
             )
         )
     fires = [f for f, _, _ in rows]
@@ -211,7 +202,7 @@ def cpu(url: str, args: argparse.Namespace, env: dict[str, str], tmp: Path) -> d
         for i in range(2)
     ]
     try:
-        holder = wait_until(lambda: r.get(f"{keys.cron_lock}:{APP_ID}"), 60, "a leader")
+        holder = wait_until(lambda: r.get(keys.cron_lock(APP_ID)), 60, "a leader")
         wait_until(lambda: r.zcard(keys.cron_next) >= args.entries, 60, "the full schedule")
         time.sleep(2.0)
         leader = int(holder.split("|")[0][1:])
@@ -311,28 +302,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.role == "scheduler":
         return run_scheduler()
     with redis_url() as (url, source), tempfile.TemporaryDirectory() as tmp:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        env = child_env()
         log(f"Redis: {source}")
-        res: dict[str, Any] = {
-            "date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "machine": machine(),
-            "versions": versions(redis.Redis.from_url(url)),
-            "config": {
-                "pool": args.pool,
-                "concurrency": args.concurrency,
-                "redis": source,
-                "command": " ".join(
-                    ["python -m bench.bench_cron", *(sys.argv[1:] if argv is None else argv)]
-                ),
-            },
+        config = {
+            "pool": args.pool,
+            "concurrency": args.concurrency,
+            "redis": source,
+            "command": command_line("bench.bench_cron", argv),
         }
+        res = report_head(redis.Redis.from_url(url), config)
         res["lateness"] = lateness(url, args, env, Path(tmp))
         res["cpu"] = cpu(url, args, env, Path(tmp))
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_atomic(args.out / "cron.json", json.dumps(res, indent=2) + "\n")
     report = markdown(res)
-    write_atomic(args.out / "cron.md", report)
+    write_results(args.out, "cron", res, report)
     print(report)
     return 0
 

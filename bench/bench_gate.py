@@ -40,43 +40,45 @@ from __future__ import annotations
 
 import argparse
 import bisect
-import hashlib
-import importlib
+import functools
 import itertools
-import json
-import os
-import re
-import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
-from pathlib import Path
-from types import ModuleType
+from datetime import datetime
 from typing import Any
 
-import redis
-
 from bench._common import (
-    RESULTS,
-    ROOT,
+    RunClock,
+    WorkerBench,
+    add_run_args,
+    alternate,
+    arg_parser,
+    batch_row,
     command_calls,
-    cpu_jiffies,
-    cpu_probe_ms,
+    commands_per_run,
     delta,
+    idle_rate,
     log,
-    machine,
+    md_log_excerpt,
+    md_machine,
+    md_targets,
+    md_versions,
+    md_worker,
+    median_rounds,
+    net_of_idle,
+    publish,
     ratio,
-    redis_url,
-    start_worker,
-    stop_worker,
+    report_head,
+    rounded,
+    run_config,
     summary_ms,
-    versions,
-    write_atomic,
+    target_rows,
+    timed_batch,
+    wait_for_worker,
+    worker_log_summary,
+    worker_session,
 )
 
 TARGETS = {
@@ -151,18 +153,7 @@ class GateSampler:
         self._thread.join(5)
 
 
-class GateBench:
-    def __init__(self, mod: ModuleType, worker: subprocess.Popen[bytes], args: argparse.Namespace):
-        self.mod = mod
-        self.flow = mod.flow
-        self.worker = worker
-        self.args = args
-        self.r = redis.Redis.from_url(mod.REDIS_URL, decode_responses=True)
-
-    def check_worker(self) -> None:
-        if self.worker.poll() is not None:
-            raise RuntimeError(f"the celery worker exited with status {self.worker.returncode}")
-
+class GateBench(WorkerBench):
     # -- helpers ---------------------------------------------------------------------------
 
     def executions(self) -> dict[str, int]:
@@ -208,15 +199,9 @@ class GateBench:
 
     def warm_up(self) -> None:
         log("waiting for the worker (a workflow run)...")
-        deadline = time.monotonic() + 60
-        while True:
-            self.check_worker()
-            try:
-                self.mod.gate_free.run(0).result(timeout=2)
-                break
-            except TimeoutError:
-                if time.monotonic() > deadline:
-                    raise
+        wait_for_worker(
+            self.check_worker, lambda: self.mod.gate_free.run(0).result(timeout=2), TimeoutError
+        )
         n = self.args.warmup
         log(f"warm-up: {n} runs each of gate-free and gate-wide, 20 of gate-serial, 1 of gate-rate")
         hs = [self.mod.gate_free.run(i) for i in range(n)]
@@ -309,34 +294,32 @@ class GateBench:
         self.check_worker()
         return res
 
+    @staticmethod
+    def start_batch(wf: Any, n: int) -> list[Any]:
+        return [wf.run(i) for i in range(n)]
+
+    @staticmethod
+    def check_results(label: str, handles: list[Any]) -> None:
+        for i, h in enumerate(handles):
+            if h.result(timeout=120) != i:
+                raise AssertionError(f"{label}: run {i} returned something else")
+
     def overhead(self) -> dict[str, Any]:
         n, rounds = self.args.overhead_runs, self.args.rounds
         wfs = {"gated": self.mod.gate_wide, "free": self.mod.gate_free}
         out: dict[str, Any] = {"n": n, "rounds": rounds}
         per_round: dict[str, list[dict[str, float]]] = {"gated": [], "free": []}
         for rnd in range(rounds):
-            order = ("free", "gated") if rnd % 2 == 0 else ("gated", "free")
-            for label in order:
+            for label in alternate(("free", "gated"), rnd):
                 log(f"(3) throughput, round {rnd + 1}/{rounds}, {label}: {n} runs at once")
-                t0 = time.perf_counter()
-                hs = [wfs[label].run(i) for i in range(n)]
-                t_enq = time.perf_counter()
-                for i, h in enumerate(hs):
-                    if h.result(timeout=120) != i:
-                        raise AssertionError(f"{label}: run {i} returned something else")
-                elapsed = time.perf_counter() - t0
-                per_round[label].append(
-                    {
-                        "seconds": round(elapsed, 3),
-                        "runs_per_s": round(n / elapsed, 1),
-                        "enqueue_seconds": round(t_enq - t0, 3),
-                    }
+                elapsed, enq = timed_batch(
+                    functools.partial(self.start_batch, wfs[label], n),
+                    functools.partial(self.check_results, label),
                 )
+                per_round[label].append(batch_row(n, elapsed, enq))
                 log(f"  {label}: {n / elapsed:.0f} runs/s ({elapsed:.2f} s)")
                 self.check_worker()
-        for label, rows in per_round.items():
-            out[label] = {"runs_per_s": statistics.median(r["runs_per_s"] for r in rows)}
-            out[label]["rounds"] = rows
+        out.update(median_rounds(per_round))
         out["throughput_ratio"] = ratio(out["gated"]["runs_per_s"], out["free"]["runs_per_s"])
         out["throughput_ms_per_run_diff"] = round(
             1000 / out["gated"]["runs_per_s"] - 1000 / out["free"]["runs_per_s"], 4
@@ -369,15 +352,8 @@ class GateBench:
     def commands(self, wfs: dict[str, Any]) -> dict[str, Any]:
         n, idle = self.args.cmd_runs, self.args.idle_seconds
         log(f"(3) Redis commands: idle background over {idle:g} s, then {n} sequential runs each")
-        before = command_calls(self.r)
-        time.sleep(idle)
-        background = delta(command_calls(self.r), before)
-        rate = {k: v / idle for k, v in background.items()}
-        out: dict[str, Any] = {
-            "n": n,
-            "idle_seconds": idle,
-            "background_per_s": {k: round(v, 2) for k, v in sorted(rate.items())},
-        }
+        rate = idle_rate(self.r, idle)
+        out: dict[str, Any] = {"n": n, "idle_seconds": idle, "background_per_s": rounded(rate)}
         net_by: dict[str, dict[str, float]] = {}
         for label in ("gated", "free"):
             before = command_calls(self.r)
@@ -386,16 +362,9 @@ class GateBench:
                 wfs[label].run(i).result(timeout=30)
             elapsed = time.perf_counter() - t0
             raw = delta(command_calls(self.r), before)
-            net = {k: v - rate.get(k, 0.0) * elapsed for k, v in raw.items()}
+            net = net_of_idle(raw, rate, elapsed)
             net_by[label] = net
-            out[label] = {
-                "seconds": round(elapsed, 3),
-                "commands_per_run": round(sum(net.values()) / n, 2),
-                "commands_per_run_raw": round(sum(raw.values()) / n, 2),
-                "by_command_per_run": {
-                    k: round(v / n, 2) for k, v in sorted(net.items()) if abs(v / n) >= 0.05
-                },
-            }
+            out[label] = commands_per_run(elapsed, raw, net, n, signed=True)
             log(f"  {label}: {out[label]['commands_per_run']} commands per run")
         keys = set(net_by["gated"]) | set(net_by["free"])
         diff = {k: (net_by["gated"].get(k, 0.0) - net_by["free"].get(k, 0.0)) / n for k in keys}
@@ -523,17 +492,13 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
             TARGETS["rate_executions_per_run"],
         ),
     ]
-    return [
-        {"metric": m, "value": v, "target": f"{op} {t:g}", "pass": bool(v <= t)}
-        for m, v, op, t in rows
-    ]
+    return target_rows(rows)
 
 
 def markdown(res: dict[str, Any]) -> str:
     c, o, rt, cfg = res["churn"], res["overhead"], res["rate"], res["config"]
     v, m, w = res["versions"], res["machine"], res["worker"]
     cmd, lat = o["commands"], o["round_trip"]
-    ok = "PASS", "FAIL"
     after = c["handoff_precise_after_enqueue_ms"]
     ideal_span = (rt["n"] - 1) * rt["window_ms"] / rt["limit_per_window"] / 1000
 
@@ -544,31 +509,16 @@ def markdown(res: dict[str, Any]) -> str:
         "# celery_flow gate benchmark",
         "",
         f"- date: {res['date']}",
-        f"- machine: nproc {m['nproc']}, {m['cpu'] or 'cpu ?'}, {m['platform']}",
-        f"- machine noise: CPU steal {m['noise']['steal_percent']}% of CPU time during the run; "
-        f"yardstick loop (2M additions) {m['noise']['cpu_probe_ms_start']:g} ms before, "
-        f"{m['noise']['cpu_probe_ms_end']:g} ms after (lower = faster machine)",
-        f"- versions: python {v['python']}, celery {v['celery']}, kombu {v['kombu']}, "
-        f"redis-py {v['redis_py']}, redis-server {v['redis_server']}, "
-        f"celery_flow {v['celery_flow']} ({res['source']})",
-        f"- worker: one `celery worker --pool {cfg['pool']} --concurrency {cfg['concurrency']}` "
-        f"(gossip/mingle/heartbeat off); Redis: {cfg['redis']}",
+        *md_machine(m),
+        md_versions(v, f" ({res['source']})"),
+        md_worker(cfg, f"; Redis: {cfg['redis']}"),
         "- executions counted in the worker by a `task_postrun` handler (bench/app.py, enabled "
         "by `CELERY_FLOW_BENCH_COUNT_TASKS`): one HINCRBY per execution of a `gate-serial` / "
         "`gate-rate` task, whatever its outcome (the outcome is counted too)",
         f"- reproduce: `{cfg['command']}` (total {res['seconds_total']:g} s)",
         f"- worker exit code {w['exit_code']}; worker log: {w['warnings']} warning/error lines",
         "",
-        "## Targets",
-        "",
-        "| metric | value | target | result |",
-        "|---|---:|---:|---|",
-        *(
-            f"| {row['metric']} | {row['value']:g} | {row['target']} | "
-            f"{ok[0] if row['pass'] else ok[1]} |"
-            for row in res["targets"]
-        ),
-        "",
+        *md_targets(res["targets"]),
         f"## (1) Churn and (2) handoff: {c['n']} runs of `max_concurrency=1` at once",
         "",
         f"- Celery executions: {c['executions']} for {c['n']} runs = "
@@ -651,58 +601,15 @@ def markdown(res: dict[str, Any]) -> str:
             "after its booked time (timer promoter + publish + delivery)"
         )
     lines.append("")
-    if w["excerpt"]:
-        lines += ["## Worker log: warnings (first 5)", "", "```", *w["excerpt"][:5], "```", ""]
+    lines += md_log_excerpt("Worker log: warnings", w["excerpt"])
     return "\n".join(lines)
-
-
-def source_state() -> str:
-    """The celery_flow source measured: git commit, plus a digest of local edits in celery_flow/."""
-
-    def git(*cmd: str) -> str:
-        return subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True).stdout
-
-    try:
-        head = git("rev-parse", "--short", "HEAD").strip()
-        dirty = git("status", "--porcelain", "--", "celery_flow").strip()
-        if dirty:
-            dirty += git("diff", "HEAD", "--", "celery_flow")
-    except OSError:
-        return "unknown (no git)"
-    if not head:
-        return "unknown (not a git checkout)"
-    if not dirty:
-        return f"git {head}"
-    digest = hashlib.sha1(dirty.encode()).hexdigest()[:8]
-    return f"git {head} + uncommitted changes in celery_flow/ (digest {digest})"
-
-
-def worker_log_summary(lines: Sequence[str], exit_code: int | None) -> dict[str, Any]:
-    flagged = [ln for ln in lines if re.search(r"WARNING|ERROR|CRITICAL|Traceback", ln)]
-    return {
-        "exit_code": exit_code,
-        "log_lines": len(lines),
-        "warnings": len(flagged),
-        "excerpt": flagged[:20],
-    }
 
 
 # -- main --------------------------------------------------------------------------------------
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.bench_gate",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument(
-        "--pool",
-        default="prefork",
-        choices=["prefork", "threads", "solo"],
-        help="worker pool (default: prefork)",
-    )
-    p.add_argument("--concurrency", type=int, default=4, help="worker concurrency (default: 4)")
+    p = arg_parser("python -m bench.bench_gate", __doc__)
     p.add_argument("--churn-runs", type=int, default=200, help="(1)(2) runs started at once")
     p.add_argument("--overhead-runs", type=int, default=500, help="(3) runs per side and round")
     p.add_argument("--rounds", type=int, default=3, help="(3) throughput rounds")
@@ -711,8 +618,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--idle-seconds", type=float, default=2.0, help="(3) idle window")
     p.add_argument("--rate-runs", type=int, default=60, help="(4) runs started at once")
     p.add_argument("--warmup", type=int, default=100, help="warm-up runs per workflow")
-    p.add_argument("--quick", action="store_true", help="small counts: a smoke run")
-    p.add_argument("--out", type=Path, default=RESULTS, help="results directory")
+    add_run_args(p)
     args = p.parse_args(argv)
     if args.quick:
         args.churn_runs, args.overhead_runs, args.rounds = 50, 100, 1
@@ -725,89 +631,33 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    started = time.monotonic()
-    probe_start, jiffies_start = cpu_probe_ms(), cpu_jiffies()
-    prefix = f"bench-{uuid.uuid4().hex[:8]}"
-    source_at_start = source_state()
-    with redis_url() as (url, source), tempfile.TemporaryDirectory() as tmp:
-        os.environ["CELERY_FLOW_BENCH_REDIS_URL"] = url
-        os.environ["CELERY_FLOW_BENCH_PREFIX"] = prefix
-        os.environ["CELERY_FLOW_BENCH_COUNT_TASKS"] = ",".join(
-            f"celery_flow.{name}" for name in COUNTED_WORKFLOWS
+    clock = RunClock(track_source=True)
+    count_tasks = ",".join(f"celery_flow.{name}" for name in COUNTED_WORKFLOWS)
+    with worker_session(
+        args.pool, args.concurrency, {"CELERY_FLOW_BENCH_COUNT_TASKS": count_tasks}
+    ) as session:
+        bench = GateBench(session.mod, session.worker, args)
+        bench.warm_up()
+        counts = (
+            "churn_runs",
+            "overhead_runs",
+            "rounds",
+            "latency_iters",
+            "cmd_runs",
+            "idle_seconds",
+            "rate_runs",
+            "warmup",
         )
-        mod = importlib.import_module("bench.app")  # reads the three variables above
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-        logfile = Path(tmp) / "worker.log"
-        log(f"Redis: {source}; prefix/queue {prefix}")
-        log(f"starting celery worker --pool {args.pool} --concurrency {args.concurrency}")
-        worker = start_worker(args.pool, args.concurrency, env, logfile)
-        ok = False
-        try:
-            bench = GateBench(mod, worker, args)
-            bench.warm_up()
-            res: dict[str, Any] = {
-                "date": datetime.now(UTC).isoformat(timespec="seconds"),
-                "machine": machine(),
-                "versions": versions(bench.r),
-                "source": source_at_start,
-                "config": {
-                    "pool": args.pool,
-                    "concurrency": args.concurrency,
-                    "redis": source,
-                    "prefix": prefix,
-                    "command": " ".join(
-                        ["python -m bench.bench_gate", *(sys.argv[1:] if argv is None else argv)]
-                    ),
-                    "counts": {
-                        k: getattr(args, k)
-                        for k in (
-                            "churn_runs",
-                            "overhead_runs",
-                            "rounds",
-                            "latency_iters",
-                            "cmd_runs",
-                            "idle_seconds",
-                            "rate_runs",
-                            "warmup",
-                        )
-                    },
-                },
-            }
-            res["churn"] = bench.churn()
-            res["overhead"] = bench.overhead()
-            res["rate"] = bench.rate()
-            bench.check_worker()
-            ok = True
-        finally:
-            log("stopping the worker")
-            stop_worker(worker)
-            lines = logfile.read_text(errors="replace").splitlines()
-            if not ok:
-                print(
-                    "---- worker log (last 40 lines) ----", *lines[-40:], sep="\n", file=sys.stderr
-                )
-        res["worker"] = worker_log_summary(lines, worker.returncode)
-    if source_state() != source_at_start:
-        res["source"] += " (the source changed during the run!)"
-    steal, total = (b - a for a, b in zip(jiffies_start, cpu_jiffies(), strict=True))
-    res["machine"]["noise"] = {
-        "cpu_probe_ms_start": probe_start,
-        "cpu_probe_ms_end": cpu_probe_ms(),
-        "steal_percent": round(100 * steal / total, 1) if total else None,
-    }
+        config = run_config(args, session, "bench.bench_gate", argv, counts)
+        res = report_head(bench.r, config, clock.source)
+        res["churn"] = bench.churn()
+        res["overhead"] = bench.overhead()
+        res["rate"] = bench.rate()
+        bench.check_worker()
+    res["worker"] = worker_log_summary(session.log_lines, session.worker_exit_code())
+    clock.stamp(res)
     res["targets"] = targets(res)
-    res["seconds_total"] = round(time.monotonic() - started, 1)
-    args.out.mkdir(parents=True, exist_ok=True)
-    md = markdown(res)
-    write_atomic(args.out / "gate.json", json.dumps(res, indent=2) + "\n")
-    write_atomic(args.out / "gate.md", md)
-    print()
-    print(md)
-    log(
-        f"wrote {args.out / 'gate.json'} and {args.out / 'gate.md'} "
-        f"({res['seconds_total']:.0f} s in total)"
-    )
+    publish(args.out, "gate", res, clock, markdown)
     return 0
 
 
