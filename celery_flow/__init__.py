@@ -6,6 +6,7 @@ list is frozen by ``tests/unit/test_public_api.py``.
 
 from ._batch import Batch, BatchProgress, Page
 from ._context import Context, Steps
+from ._dag import DagStep, DagStepStatus, WorkflowStatus
 from ._definitions import Cron, Retries
 from ._engine import FailureContext
 from ._flow import Flow
@@ -19,6 +20,7 @@ from ._models import (
     RunPage,
     StepInfo,
 )
+from ._webhooks import verify_signature
 from ._workflow import Workflow
 from .errors import (
     ChildRunFailed,
@@ -53,6 +55,8 @@ __all__ = [
     "Context",
     "Cron",
     "CronStatus",
+    "DagStep",
+    "DagStepStatus",
     "DuplicateStepError",
     "ErrorInfo",
     "EventTimeout",
@@ -84,5 +88,7 @@ __all__ = [
     "Workflow",
     "WorkflowDefinitionError",
     "WorkflowNotFound",
+    "WorkflowStatus",
     "__version__",
+    "verify_signature",
 ]

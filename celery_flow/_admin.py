@@ -128,7 +128,10 @@ def cancel(flow: Flow, run_id: str, reason: str | None = None) -> bool:
 
 
 def send_event(flow: Flow, run_id: str, event_type: str, payload: Any = None) -> None:
-    """Deliver an event, or buffer it until the run waits for it. 1-2 round trips."""
+    """Deliver an event, or buffer it until the run waits for it.
+
+    1 round trip when buffered; when it ends a wait, +3 to claim the run and a publish.
+    """
     if not isinstance(event_type, str) or not event_type:
         raise ValueError(f"event_type={event_type!r}: must be a non-empty string")
     body = _serde.dumps(
@@ -217,3 +220,21 @@ def _parse_cursor(cursor: str | None) -> tuple[float | None, str | None]:
     if not sep or not score.isdigit() or not rid:
         raise ValueError(f"cursor={cursor!r} is not a cursor returned by list_runs")
     return float(score), rid
+
+
+def purge_runs(flow: Flow, older_ms: int) -> int:
+    """Delete terminal runs finished more than ``older_ms`` ago; returns how many."""
+    store = flow.store
+    total = 0
+    for status in ("succeeded", "failed", "canceled"):
+        seen: set[str] = set()
+        while True:
+            ids, _, now = store.due(store.keys.status(status), 500, older_ms)
+            fresh = [i for i in ids if i not in seen]
+            if not fresh:  # a batch that cannot be deleted would come back forever: stop
+                break
+            seen.update(fresh)
+            total += store.purge(fresh, now - older_ms)
+            if len(ids) < 500:
+                break
+    return total

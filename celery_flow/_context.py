@@ -452,6 +452,9 @@ class Steps:
             ex.steps[name] = rec
             return _wait_outcome(rec)
         ex.flow._publish_claimed(_claimed(res[1]))
+        if kind == "sleep":
+            due_in = (until_ms - now_ms()) / 1000 if until_ms > 0 else in_ms / 1000
+            ex.flow._wake_soon(ex.run_id, due_in)
         ex.log.info("waiting on step %r (%s)", name, kind)
         raise Suspend(name)
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from types import MappingProxyType
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import celery
 
@@ -38,6 +38,9 @@ from .errors import (
     WorkflowDefinitionError,
     WorkflowNotFound,
 )
+
+if TYPE_CHECKING:
+    from ._dag import DagStep, DagWorkflow, WorkflowStatus
 
 R = TypeVar("R")
 logger = logging.getLogger("celery_flow")
@@ -151,6 +154,27 @@ class Flow:
             )
         self._redis_url = url
         return url
+
+    def use_redis(self, url: str) -> None:
+        """Point this Flow at another Redis before first use (e.g. an embedded one).
+
+        Raises:
+            ConfigurationError: the Flow already connected to Redis.
+        """
+        if self._store is not None:
+            raise ConfigurationError(
+                f"Flow already uses {redact(self._store.url)}; call use_redis() before any run "
+                "is started or read"
+            )
+        self._redis_url = url
+
+    def purge(self, older_than: timedelta) -> int:
+        """Delete terminal runs that ended more than ``older_than`` ago; returns how many.
+
+        Workers also purge on their own at ``retention``; this is for a shorter horizon.
+        """
+        seconds = to_seconds(older_than, what="older_than")
+        return _admin.purge_runs(self, int((seconds or 0) * 1000))
 
     @property
     def store(self) -> Store:
@@ -464,6 +488,27 @@ class Flow:
         """Retry every failed run (of ``workflow``, created ``since``), e.g. after a fix."""
         return _admin.retry_many(self, workflow=workflow, status=status, since=since)
 
+    def _wake_soon(self, run_id: str, due_in: float) -> None:
+        """Claim a run parked on a short timer from this process when it falls due.
+
+        The promoter polls at most every 100 ms, so without this a 5 ms durable sleep would
+        cost ~100 ms. claim_due is atomic and idempotent: if the promoter (or another process)
+        gets there first, this claim is a no-op; if this process dies, the promoter still
+        wakes the run. Only timers due within a second are handled here.
+        """
+        if not 0 <= due_in <= 1.0:
+            return
+
+        def wake() -> None:
+            try:
+                self._resume([run_id])
+            except Exception:  # the promoter remains responsible for the run
+                logger.debug("early wake of run %s failed", run_id, exc_info=True)
+
+        timer = threading.Timer(due_in + 0.002, wake)
+        timer.daemon = True
+        timer.start()
+
     def _resume(self, run_ids: list[str]) -> None:
         """Re-admit runs whose wait just ended (they are due now) and publish them."""
         self._publish_claimed(self.store.claim_due(run_ids))
@@ -545,3 +590,67 @@ class Flow:
         boundary (``ctx.cancel_requested`` lets long steps check) and its compensations run.
         """
         return _admin.cancel(self, run_id, reason)
+
+    # -- DAG and saga workflows (implemented in _dag.py) --------------------------------------
+
+    def dag(
+        self,
+        name: str,
+        steps: Sequence[DagStep],
+        *,
+        saga: bool = False,
+        on_complete: str | Callable[[dict[str, Any]], Any] | None = None,
+        on_error: str | Callable[[dict[str, Any]], Any] | None = None,
+        timeout: timedelta | float | None = 86400,
+        queue: str | None = None,
+        max_concurrency: int | None = None,
+    ) -> DagWorkflow:
+        """Define a declarative DAG (optionally a saga) as one durable workflow (API.md §6).
+
+        Steps whose dependencies are all done run in parallel (a Celery group); each handler
+        gets ``(context, previous_steps)``. With ``saga=True`` a failed step makes the completed
+        steps' compensations run in reverse completion order. ``on_complete`` / ``on_error``
+        are URLs (signed POST, retried on 5xx) or ``callable(payload: dict)``; the payload is
+        ``{"run_id", "dag", "state", "results"}`` (plus ``"error"``, ``"compensated"`` and
+        ``"compensation_errors"`` on error). URLs need ``Flow(webhook_secret=...)``.
+
+        Raises:
+            WorkflowDefinitionError: duplicate ids, unknown or self dependencies, a cycle, a
+                bad handler / compensation / URL scheme, or URLs without a webhook_secret.
+
+        Example:
+            >>> order = flow.dag("order-processing", steps=[
+            ...     DagStep("validate", validate_order),
+            ...     DagStep("charge", charge, depends_on=["validate"], compensation=refund),
+            ...     DagStep("ship", ship, depends_on=["charge"]),
+            ... ], saga=True, on_error="https://app.example/hooks/failed")
+            >>> order.run(context={"order_id": "o1"}).result(timeout=60)["ship"]
+        """
+        from ._dag import build_dag
+
+        return build_dag(
+            self,
+            name,
+            steps,
+            saga=saga,
+            on_complete=on_complete,
+            on_error=on_error,
+            timeout=timeout,
+            queue=queue,
+            max_concurrency=max_concurrency,
+        )
+
+    def get_status(self, run_id: str) -> WorkflowStatus:
+        """DAG-style status of any run: state, completed / failed steps, results, per step.
+
+        For a ``flow.dag`` run there is one entry per DAG step (parallel steps included, also
+        while their wave runs); for a plain run, one per recorded step. Raises RunNotFound.
+
+        Example:
+            >>> status = flow.get_status(handle.id)
+            >>> status.state, status.completed_steps, status.steps[0].attempts
+            ('running', ['validate'], 1)
+        """
+        from ._dag import get_status
+
+        return get_status(self, run_id)

@@ -3,9 +3,11 @@
 Every worker node runs one (started by the bootstep); running several is safe
 because every claim is an atomic Lua script, so a run is published once.
 
-Round trips per pass: promoter 1 (+1 pipelined claim when timers are due);
-reaper 1 per ``min(1 s, lease/4)`` (+1 when leases expired); republisher 1 per
-5 s; purge 1 per terminal status per minute.
+Round trips per pass: promoter 1 (+2 and a pipeline of claims when timers are
+due); reaper 1 per ``min(1 s, lease/4)`` (+2 and a pipeline when leases
+expired); gate sweeper 1 per second (+1 pipeline when gates have waiters);
+republisher 1 per 5 s; purge 1 per terminal status per minute. A pipeline of
+scripts costs 2 round trips (redis-py checks ``SCRIPT EXISTS`` first).
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Every state change is one Lua script from ``_scripts/`` (see each file's
 header for KEYS/ARGV/returns). Round trips per operation are written on each
-method: they are celery_flow's performance budget.
+method: they are celery_flow's performance budget. A pipeline of scripts costs
+one more round trip than it says: redis-py sends ``SCRIPT EXISTS`` before it.
 """
 
 from __future__ import annotations
@@ -233,7 +234,7 @@ class Store:
     def renew_many(
         self, leases: Sequence[tuple[str, str, str, str]], lease_ms: int
     ) -> list[tuple[bool, bool]]:
-        """Renew (run_id, limit_key, token, current_step) leases. 1 round trip for all."""
+        """Renew (run_id, limit_key, token, current_step) leases. 1 pipeline for all."""
         with self.errors(), self.redis.pipeline(transaction=False) as pipe:
             for run_id, limit_key, token, step in leases:
                 self._scripts["renew"](
@@ -367,7 +368,7 @@ class Store:
         (limit_key,) = self.limit_keys([run_id])
         return limit_key, list(self._run("cancel", run_id, limit_key, [reason, error, ttl_ms]))
 
-    # -- maintenance: 1 round trip to find candidates + 2 pipelined round trips to claim -------
+    # -- maintenance: 1 round trip to find candidates, 1 to read their limit keys, 1 pipeline ---
 
     def due(self, zset: str, limit: int, offset_ms: int = 0) -> tuple[list[str], int | None, int]:
         """Ids scored at or before now - offset; plus the next score and Redis' now (ms)."""

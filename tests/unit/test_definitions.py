@@ -151,6 +151,8 @@ def test_the_public_api_is_frozen():
             "Context",
             "Cron",
             "CronStatus",
+            "DagStep",
+            "DagStepStatus",
             "DuplicateStepError",
             "ErrorInfo",
             "EventTimeout",
@@ -181,7 +183,9 @@ def test_the_public_api_is_frozen():
             "Workflow",
             "WorkflowDefinitionError",
             "WorkflowNotFound",
+            "WorkflowStatus",
             "__version__",
+            "verify_signature",
         ]
     )
     for name in celery_flow.__all__:
