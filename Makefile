@@ -11,7 +11,7 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 demo: $(BIN)/.installed   ## run the example project (embedded Redis unless REDIS_URL is set)
-	$(BIN)/python -m example_project.demo
+	$(BIN)/python -m example_project.demo --serve
 
 test: $(BIN)/.installed   ## lint, types and the whole test suite (starts its own throwaway Redis)
 	$(BIN)/ruff check celery_flow tests bench example_project

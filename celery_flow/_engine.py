@@ -347,6 +347,7 @@ def execute(
             token,
             started.outcome,
             started.status,
+            extra={"run_id": run_id, "workflow": workflow.name, "step": None},
         )
         return started.outcome
     assert started.run is not None and started.steps is not None

@@ -227,7 +227,14 @@ def _run_item(
             if policy.should_retry(exc, attempt):
                 time.sleep(policy.delay(attempt))
                 continue
-            logger.warning("run %s map step %r item %d failed: %r", run_id, step, k, exc)
+            logger.warning(
+                "run %s map step %r item %d failed: %r",
+                run_id,
+                step,
+                k,
+                exc,
+                extra={"run_id": run_id, "workflow": None, "step": step},
+            )
             flow.store.map_record(run_id, step, "e", k, json.dumps(error_dict(exc)))
             return
         flow.store.map_record(run_id, step, "r", k, out)

@@ -535,6 +535,7 @@ class Flow:
                 workflow,
                 exc,
                 self.republish_after,
+                extra={"run_id": run_id, "workflow": workflow, "step": None},
             )
 
     # -- reading and acting on runs -----------------------------------------------------------

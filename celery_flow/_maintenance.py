@@ -86,7 +86,10 @@ class Maintenance:
         claimed = store.claim_expired(ids)
         for c in claimed:
             logger.warning(
-                "run %s (%s): lease expired, re-queued for recovery", c.run_id, c.workflow
+                "run %s (%s): lease expired, re-queued for recovery",
+                c.run_id,
+                c.workflow,
+                extra={"run_id": c.run_id, "workflow": c.workflow, "step": None},
             )
         self._publish(claimed, "recovered")
 

