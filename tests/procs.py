@@ -48,6 +48,7 @@ def ensure_amqp() -> None:
 def celery_worker(
     broker: str, redis_url: str, prefix: str, pool: str, concurrency: int = 2
 ) -> Iterator[subprocess.Popen[bytes]]:
+    """A `celery worker` subprocess for tests/apps/proc_app.py."""
     env = dict(
         os.environ,
         CF_TEST_BROKER=broker,
@@ -55,26 +56,25 @@ def celery_worker(
         CF_TEST_PREFIX=prefix,
         PYTHONPATH=str(ROOT),
     )
-    log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"{prefix}-{pool}.log", "wb")  # noqa: SIM115
+    name = f"{prefix}-{pool}-{time.monotonic_ns()}"
+    with spawn_worker("tests.apps.proc_app", env, name, pool, concurrency) as proc:
+        yield proc
+
+
+@contextmanager
+def spawn_worker(
+    app: str, env: dict[str, str], name: str, pool: str = "threads", concurrency: int = 4
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`celery -A <app> worker` in its own process group, logging to $TMPDIR/<name>.log.
+
+    Stopped with SIGTERM (warm shutdown), then SIGKILL of the whole group after 4 s.
+    """
+    log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"{name}.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "tests.apps.proc_app",
-            "worker",
-            "-P",
-            pool,
-            "-c",
-            str(concurrency),
-            "--loglevel",
-            "INFO",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-            "-n",
-            f"{prefix}-{pool}-{time.monotonic_ns()}@%h",
+            *(sys.executable, "-m", "celery", "-A", app, "worker", "-P", pool),
+            *("-c", str(concurrency), "--loglevel", "INFO", "--without-gossip"),
+            *("--without-mingle", "--without-heartbeat", "-n", f"{name}@%h"),
         ],
         cwd=ROOT,
         env=env,

@@ -35,6 +35,7 @@ import redis
 from celery_flow import Flow, RunNotFound
 from celery_flow.testing import eventually, free_port
 from tests.conftest import make_celery
+from tests.procs import spawn_worker
 
 pytestmark = pytest.mark.slow
 
@@ -100,35 +101,6 @@ class Cli:
         return proc.stdout
 
 
-@contextlib.contextmanager
-def worker_process(env: dict[str, str], prefix: str) -> Iterator[subprocess.Popen[bytes]]:
-    """A `celery worker` subprocess for the cli_app (procs.celery_worker runs proc_app only)."""
-    log = (Path(os.environ.get("TMPDIR", "/tmp")) / f"{prefix}-worker.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "celery", "-A", APP, "worker", "-P", "threads", "-c", "4"),
-            *("--loglevel", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat"),
-            *("-n", f"{prefix}@%h"),
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
-        log.close()
-
-
 def import_app(env: dict[str, str]) -> ModuleType:
     """Import tests.apps.cli_app in this process, configured like the subprocesses."""
     sys.modules.pop(APP, None)
@@ -141,7 +113,7 @@ def cli(flow_redis_url: str) -> Iterator[Cli]:
     prefix = f"cftest-cli-{uuid.uuid4().hex[:10]}"
     env = cli_env(prefix, flow_redis_url, flow_redis_url)
     client = redis.Redis.from_url(flow_redis_url, decode_responses=True)
-    with worker_process(env, prefix):
+    with spawn_worker(APP, env, f"{prefix}-worker"):
         yield Cli(env, import_app(env), client)
     sys.modules.pop(APP, None)
     client.close()
