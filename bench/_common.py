@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmarks (``bench_core``, ``bench_gate``, ``bench_map``, ``bench_cron``).
+"""Helpers shared by the benchmarks (``bench_core``, ``bench_gate``, ``bench_map``, ``bench_waits``,
+``bench_cron``).
 
 Processes (a throwaway Redis, one real ``celery worker`` subprocess and the session around it),
 statistics, Redis ``INFO commandstats`` accounting and MONITOR taps, the machine/version facts
@@ -221,7 +222,7 @@ def wait_for_worker(
 
 @dataclass
 class WorkerSession:
-    """What ``worker_session`` set up: Redis, the ``bench.app`` module and its worker."""
+    """What ``worker_session`` set up: Redis, the app module (``bench.app``) and its worker."""
 
     url: str
     source: str  # where the Redis comes from, for the report
@@ -238,25 +239,31 @@ class WorkerSession:
 
 @contextlib.contextmanager
 def worker_session(
-    pool: str, concurrency: int, env: Mapping[str, str] | None = None
+    pool: str,
+    concurrency: int,
+    env: Mapping[str, str] | None = None,
+    app: str = "bench.app",
+    name: str = "bench",
 ) -> Iterator[WorkerSession]:
-    """A Redis (throwaway unless CELERY_FLOW_BENCH_REDIS_URL), ``bench.app`` and one worker.
+    """A Redis (throwaway unless CELERY_FLOW_BENCH_REDIS_URL), the ``app`` module, one worker.
 
-    ``env``: more variables for ``bench.app`` (read at import) and the worker. On exit the
-    worker stops (warm shutdown), the cleanups run, and its log is read into ``log_lines``
-    (its last 40 lines go to stderr if the body raised).
+    ``env``: more variables for ``app`` (read at import) and the worker; ``name``: the start
+    of the key prefix and of the worker's hostname. On exit the worker stops (warm shutdown),
+    the cleanups run, and its log is read into ``log_lines`` (its last 40 lines go to stderr
+    if the body raised).
     """
-    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    prefix = f"{name}-{uuid.uuid4().hex[:8]}"
     with redis_url() as (url, source), tempfile.TemporaryDirectory() as tmp:
         shared = "CELERY_FLOW_BENCH_REDIS_URL" in os.environ
         os.environ["CELERY_FLOW_BENCH_REDIS_URL"] = url
         os.environ["CELERY_FLOW_BENCH_PREFIX"] = prefix
         os.environ.update(env or {})
-        mod = importlib.import_module("bench.app")  # reads the variables above
+        mod = importlib.import_module(app)  # reads the variables above
         logfile = Path(tmp) / "worker.log"
         log(f"Redis: {source}; prefix/queue {prefix}")
         log(f"starting celery worker --pool {pool} --concurrency {concurrency}")
-        worker = start_worker(pool, concurrency, child_env(), logfile)
+        hostname = f"{name}-{uuid.uuid4().hex[:6]}@%h"
+        worker = start_worker(pool, concurrency, child_env(), logfile, app, hostname)
         session = WorkerSession(url, source, shared, prefix, mod, worker)
         ok = False
         try:
@@ -279,7 +286,7 @@ def worker_session(
 
 
 class WorkerBench:
-    """Base of a benchmark's phases: the ``bench.app`` module, its flow, the worker, a client."""
+    """Base of a benchmark's phases: the app module, its flow, the worker, a client."""
 
     def __init__(self, mod: ModuleType, worker: subprocess.Popen[bytes], args: argparse.Namespace):
         self.mod = mod

@@ -39,50 +39,56 @@ Results go to ``bench/results/waits.json`` and ``bench/results/waits.md`` (print
 from __future__ import annotations
 
 import argparse
-import contextlib
-import importlib
 import itertools
-import json
-import math
 import os
-import platform
-import re
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
-import threading
 import time
-import uuid
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime
-from pathlib import Path
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
 from types import ModuleType
 from typing import Any
 
 import redis
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = Path(__file__).resolve().parent / "results"
+from bench._common import (
+    IGNORED_COMMANDS,
+    MONITOR_STOP,
+    MonitorThread,
+    RunClock,
+    WorkerBench,
+    add_run_args,
+    arg_parser,
+    command_calls,
+    delta,
+    idle_rate,
+    log,
+    md_log_excerpt,
+    md_machine,
+    md_targets,
+    md_versions,
+    md_worker,
+    net_of_idle,
+    percentile,
+    publish,
+    report_head,
+    rounded,
+    run_config,
+    script_label,
+    script_names,
+    target_rows,
+    wait_for_worker,
+    worker_log_summary,
+    worker_session,
+)
+
 TARGETS = {"timer_lateness_p99_ms": 500.0}
-IGNORED_COMMANDS = {"info", "monitor", "echo"}  # the benchmark's own probes
-MONITOR_STOP = "celery-flow-bench-waits-monitor-stop"
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 # -- statistics --------------------------------------------------------------------------------
-
-
-def percentile(values: Sequence[float], p: float) -> float:
-    """Nearest-rank percentile (p in 0..100)."""
-    ordered = sorted(values)
-    rank = max(1, math.ceil(p / 100 * len(ordered)))
-    return ordered[rank - 1]
 
 
 def summary(ms: Sequence[float]) -> dict[str, float]:
@@ -102,64 +108,18 @@ def ts(dt: datetime | None) -> float:
     return dt.timestamp()
 
 
+def per_wait(raw: Counter[str], net: Mapping[str, float], n: int) -> dict[str, Any]:
+    """Redis commands per wait of a run with ``n`` waits; by command those >= 0.05."""
+    return {
+        "commands_per_wait": round(sum(net.values()) / n, 2),
+        "commands_per_wait_raw": round(sum(raw.values()) / n, 2),
+        "by_command_per_wait": {
+            k: round(v / n, 2) for k, v in sorted(net.items()) if v / n >= 0.05
+        },
+    }
+
+
 # -- processes ---------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def redis_url() -> Iterator[tuple[str, str]]:
-    url = os.environ.get("CELERY_FLOW_BENCH_REDIS_URL")
-    if url:
-        yield url, "CELERY_FLOW_BENCH_REDIS_URL"
-        return
-    from celery_flow.testing import RedisServer
-
-    server = RedisServer().start()
-    try:
-        yield server.url, "throwaway redis-server (celery_flow.testing.RedisServer)"
-    finally:
-        server.stop()
-
-
-def start_worker(
-    pool: str, concurrency: int, env: dict[str, str], logfile: Path
-) -> subprocess.Popen[bytes]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "bench.waits_app",
-        "worker",
-        "--pool",
-        pool,
-        "--concurrency",
-        str(concurrency),
-        "--loglevel",
-        "WARNING",
-        "--without-gossip",
-        "--without-mingle",
-        "--without-heartbeat",
-        "--hostname",
-        f"bench-waits-{uuid.uuid4().hex[:6]}@%h",
-    ]
-    with logfile.open("wb") as out:
-        return subprocess.Popen(
-            cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-
-def stop_worker(proc: subprocess.Popen[bytes]) -> None:
-    """Warm shutdown (SIGTERM); after 15 s, SIGKILL the worker's own process group."""
-    if proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        log("worker did not stop within 15 s; killing its process group")
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # its own session: only the worker's processes
-        proc.wait(5)
 
 
 def drop_keys(r: redis.Redis, prefix: str) -> int:
@@ -172,45 +132,6 @@ def drop_keys(r: redis.Redis, prefix: str) -> int:
     return n
 
 
-# -- machine -----------------------------------------------------------------------------------
-
-
-def machine() -> dict[str, Any]:
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    model = ""
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as fh:
-        for line in fh:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {"nproc": cpus, "cpu": model, "platform": platform.platform()}
-
-
-def versions(r: redis.Redis) -> dict[str, str]:
-    import celery
-    import kombu
-
-    import celery_flow
-
-    return {
-        "python": platform.python_version(),
-        "celery": celery.__version__,
-        "kombu": kombu.__version__,
-        "redis_py": redis.__version__,
-        "redis_server": str(r.info("server")["redis_version"]),
-        "celery_flow": celery_flow.__version__,
-    }
-
-
-def cpu_probe_ms() -> float:
-    """Time of a fixed pure-Python loop: a yardstick for how fast this machine is right now."""
-    t0 = time.perf_counter()
-    x = 0
-    for i in range(2_000_000):
-        x += i
-    return round((time.perf_counter() - t0) * 1000, 1)
-
-
 def loadavg() -> float:
     """1-minute load average (-1 where unavailable)."""
     try:
@@ -219,48 +140,34 @@ def loadavg() -> float:
         return -1.0
 
 
-def cpu_jiffies() -> tuple[int, int]:
-    """(steal, total) CPU jiffies from /proc/stat; (0, 0) where unavailable."""
-    with contextlib.suppress(OSError, ValueError, IndexError), open("/proc/stat") as fh:
-        fields = [int(x) for x in fh.readline().split()[1:]]
-        return fields[7], sum(fields[:8])
-    return 0, 0
+class LoadClock(RunClock):
+    """A ``RunClock`` whose machine noise also has the 1-minute load average, before and after."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.load_start = loadavg()
+
+    def noise(self) -> dict[str, Any]:
+        return {**super().noise(), "loadavg_start": self.load_start, "loadavg_end": loadavg()}
 
 
 # -- Redis accounting --------------------------------------------------------------------------
 
 
-def command_calls(r: redis.Redis) -> Counter[str]:
-    stats = r.info("commandstats")
-    return Counter({k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()})
-
-
-def delta(after: Counter[str], before: Counter[str]) -> Counter[str]:
-    out: Counter[str] = Counter()
-    for k in after:
-        d = after[k] - before.get(k, 0)
-        if d > 0 and k not in IGNORED_COMMANDS:
-            out[k] = d
-    return out
-
-
-class MonitorTap:
+@dataclass
+class MonitorTap(MonitorThread):
     """Counts top-level commands (not script-internal ones) seen by MONITOR, in a thread.
 
     ``evalsha`` is labelled with the script's name; a pipelined command counts once per command.
     """
 
-    def __init__(self, url: str, sha_names: dict[str, str]) -> None:
-        self.url, self.sha_names = url, sha_names
-        self.counts: Counter[str] = Counter()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="bench-monitor", daemon=True)
+    counts: Counter[str] = field(default_factory=Counter)
 
     def _label(self, command: str) -> str:
         parts = command.split(" ", 2)
         name = parts[0].lower()
         if name == "evalsha" and len(parts) > 1:
-            return f"evalsha:{self.sha_names.get(parts[1], parts[1][:8])}"
+            return script_label(self.sha_names, parts[1])
         if name == "script" and len(parts) > 1:
             return f"script {parts[1].lower()}"
         return name
@@ -279,47 +186,19 @@ class MonitorTap:
                     self.counts[label] += 1
         client.close()
 
-    def __enter__(self) -> MonitorTap:
-        self._thread.start()
-        self._ready.wait(5)
-        time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        client = redis.Redis.from_url(self.url)
-        client.echo(MONITOR_STOP)
-        client.close()
-        self._thread.join(10)
-
 
 # -- phases ------------------------------------------------------------------------------------
 
 
-class Bench:
+class Bench(WorkerBench):
     def __init__(self, mod: ModuleType, worker: subprocess.Popen[bytes], args: argparse.Namespace):
-        self.mod = mod
-        self.flow = mod.flow
-        self.worker = worker
-        self.args = args
-        self.r = redis.Redis.from_url(mod.REDIS_URL, decode_responses=True)
+        super().__init__(mod, worker, args)
         self.idle_rate: dict[str, float] = {}
-
-    def check_worker(self) -> None:
-        if self.worker.poll() is not None:
-            raise RuntimeError(f"the celery worker exited with status {self.worker.returncode}")
 
     def warm_up(self) -> None:
         log("waiting for the worker (a short nap)...")
-        deadline = time.monotonic() + 60
         h = self.mod.nap.run({"i": -1, "seconds": 0.01})
-        while True:
-            self.check_worker()
-            try:
-                h.result(timeout=2)
-                break
-            except TimeoutError:
-                if time.monotonic() > deadline:
-                    raise
+        wait_for_worker(self.check_worker, lambda: h.result(timeout=2), TimeoutError)
         log("warm-up: 20 naps, a 5-sleep run, a 5-event run")
         hs = [self.mod.nap.run({"i": i, "seconds": 0.05}) for i in range(20)]
         for h in hs:
@@ -330,24 +209,19 @@ class Bench:
     def idle(self) -> dict[str, Any]:
         secs = self.args.idle_seconds
         log(f"idle background: Redis commands over {secs:g} s with nothing to do")
-        before = command_calls(self.r)
-        t0 = time.perf_counter()
-        time.sleep(secs)
-        elapsed = time.perf_counter() - t0
-        d = delta(command_calls(self.r), before)
-        self.idle_rate = {k: v / elapsed for k, v in d.items()}
+        self.idle_rate = idle_rate(self.r, secs)
         return {
-            "seconds": round(elapsed, 2),
-            "per_s": {k: round(v, 2) for k, v in sorted(self.idle_rate.items())},
+            "seconds": round(secs, 2),
+            "per_s": rounded(self.idle_rate),
             "total_per_s": round(sum(self.idle_rate.values()), 1),
         }
 
-    def net(self, raw: Counter[str], elapsed: float, minus: Counter[str] | None = None) -> dict:
-        out = {}
-        for k, v in raw.items():
-            x = v - self.idle_rate.get(k, 0.0) * elapsed - (minus or Counter()).get(k, 0)
-            out[k] = max(0.0, x)
-        return out
+    def net(
+        self, raw: Counter[str], elapsed: float, minus: Counter[str] | None = None
+    ) -> dict[str, float]:
+        """``raw`` minus the idle rate over ``elapsed`` and ``minus`` (the driver's own), >= 0."""
+        net = net_of_idle(raw - (minus or Counter()), self.idle_rate, elapsed)
+        return {k: max(0.0, v) for k, v in net.items()}
 
     # 1 -- timer accuracy ---------------------------------------------------------------------
 
@@ -442,11 +316,7 @@ class Bench:
                 "overhead_per_wait_ms_worker": round((run_ms - n * secs * 1000) / n, 2),
                 "promoter_delay": summary(promote),
                 "resume": summary(resume),
-                "commands_per_wait": round(sum(net.values()) / n, 2),
-                "commands_per_wait_raw": round(sum(raw.values()) / n, 2),
-                "by_command_per_wait": {
-                    k: round(v / n, 2) for k, v in sorted(net.items()) if v / n >= 0.05
-                },
+                **per_wait(raw, net, n),
             }
             rows.append(row)
             log(
@@ -477,7 +347,7 @@ class Bench:
                 if status == "waiting" and step == want:
                     break
                 if status in ("succeeded", "failed", "canceled") or time.monotonic() > deadline:
-                    raise AssertionError(f"run {h.id} is {status} (step {step}) before {want}")
+                    raise AssertionError(f"run {h.id} is {status!s} (step {step!s}) before {want}")
                 time.sleep(poll)
             detected.append(time.perf_counter())
             t0 = time.perf_counter()
@@ -514,11 +384,7 @@ class Bench:
                 "cycle": cyc,
                 "send_event_call": summary(got["send_ms"]),
                 "driver_polls": got["polls"],
-                "commands_per_wait": round(sum(net.values()) / n, 2),
-                "commands_per_wait_raw": round(sum(raw.values()) / n, 2),
-                "by_command_per_wait": {
-                    k: round(v / n, 2) for k, v in sorted(net.items()) if v / n >= 0.05
-                },
+                **per_wait(raw, net, n),
             }
             rows.append(row)
             log(
@@ -540,7 +406,7 @@ class Bench:
     def round_trips(self) -> dict[str, Any]:
         """Top-level commands per wait, by command, from MONITOR (an extra, untimed run each)."""
         n, secs = self.args.waits, self.args.sleep_seconds
-        sha_names = {sc.sha: name for name, sc in self.flow.store._scripts.items()}
+        sha_names = script_names(self.flow)
         url = self.mod.REDIS_URL
         log(f"(2c) round trips: MONITOR over {self.args.idle_seconds:g} s idle, then one run each")
         with MonitorTap(url, sha_names) as tap:
@@ -580,17 +446,11 @@ def medians(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
-    value = res["timers"]["wake_lateness"]["p99_ms"]
-    limit = TARGETS["timer_lateness_p99_ms"]
-    return [
-        {
-            "metric": f"sleep({res['timers']['sleep_seconds']:g} s) wake lateness p99 (ms), "
-            f"{res['timers']['n']} runs at once",
-            "value": value,
-            "target": f"<= {limit:g}",
-            "pass": bool(value <= limit),
-        }
-    ]
+    t = res["timers"]
+    metric = f"sleep({t['sleep_seconds']:g} s) wake lateness p99 (ms), {t['n']} runs at once"
+    return target_rows(
+        [(metric, t["wake_lateness"]["p99_ms"], "<=", TARGETS["timer_lateness_p99_ms"])]
+    )
 
 
 def fmt_cmds(by: dict[str, float]) -> str:
@@ -603,36 +463,24 @@ def markdown(res: dict[str, Any]) -> str:
     sm, em = s["median"], e["median"]
     nap = f"sleep({s['sleep_seconds'] * 1000:g} ms)"
     wl, pl, rl = t["wake_lateness"], t["promoter_lateness"], t["promoted_to_woke"]
+    machine_lines = md_machine(m)
+    machine_lines[-1] += (
+        f"; 1-min load average {m['noise']['loadavg_start']:g} before, "
+        f"{m['noise']['loadavg_end']:g} after (other processes on the machine compete with the "
+        "worker)"
+    )
     lines = [
         "# celery_flow waits benchmark",
         "",
         f"- date: {res['date']}",
-        f"- machine: nproc {m['nproc']}, {m['cpu'] or 'cpu ?'}, {m['platform']}",
-        f"- machine noise: CPU steal {m['noise']['steal_percent']}% of CPU time during the run; "
-        f"yardstick loop (2M additions) {m['noise']['cpu_probe_ms_start']:g} ms before, "
-        f"{m['noise']['cpu_probe_ms_end']:g} ms after (lower = faster machine); 1-min load "
-        f"average {m['noise']['loadavg_start']:g} before, {m['noise']['loadavg_end']:g} after "
-        "(other processes on the machine compete with the worker)",
-        f"- versions: python {v['python']}, celery {v['celery']}, kombu {v['kombu']}, "
-        f"redis-py {v['redis_py']}, redis-server {v['redis_server']}, "
-        f"celery_flow {v['celery_flow']}",
-        f"- worker: one `celery worker --pool {cfg['pool']} --concurrency {cfg['concurrency']}` "
-        "(gossip/mingle/heartbeat off), one timer promoter (its parent process); "
-        f"Redis: {cfg['redis']}",
+        *machine_lines,
+        md_versions(v),
+        md_worker(cfg, f", one timer promoter (its parent process); Redis: {cfg['redis']}"),
         f"- reproduce: `{cfg['command']}`",
         f"- worker exit code {w['exit_code']}; worker log: {w['warnings']} warning/error lines",
         f"- total benchmark time: {res['seconds_total']:g} s",
         "",
-        "## Targets",
-        "",
-        "| metric | value | target | result |",
-        "|---|---:|---:|---|",
-        *(
-            f"| {row['metric']} | {row['value']:g} | {row['target']} | "
-            f"{'PASS' if row['pass'] else 'FAIL'} |"
-            for row in res["targets"]
-        ),
-        "",
+        *md_targets(res["targets"]),
         f"## 1. Timer accuracy: {t['n']} x `ctx.step.sleep('nap', {t['sleep_seconds']:g})` "
         "started at once",
         "",
@@ -721,9 +569,8 @@ def markdown(res: dict[str, Any]) -> str:
             for i, (a, b) in enumerate(zip(s["runs"], e["runs"], strict=True))
         ),
         "",
+        *md_log_excerpt("Worker log: warnings", w["excerpt"]),
     ]
-    if w["excerpt"]:
-        lines += ["## Worker log: warnings (first 5)", "", "```", *w["excerpt"][:5], "```", ""]
     return "\n".join(lines)
 
 
@@ -731,27 +578,11 @@ def sm_p50(section: dict[str, Any], key: str) -> str:
     return f"{statistics.median(r[key]['p50_ms'] for r in section['runs']):g}"
 
 
-def worker_log_summary(lines: Sequence[str], exit_code: int | None) -> dict[str, Any]:
-    flagged = [ln for ln in lines if re.search(r"WARNING|ERROR|CRITICAL|Traceback", ln)]
-    return {
-        "exit_code": exit_code,
-        "log_lines": len(lines),
-        "warnings": len(flagged),
-        "excerpt": flagged[:20],
-    }
-
-
 # -- main --------------------------------------------------------------------------------------
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.bench_waits",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--pool", default="prefork", choices=["prefork", "threads", "solo"])
-    p.add_argument("--concurrency", type=int, default=4, help="worker concurrency (default: 4)")
+    p = arg_parser("python -m bench.bench_waits", __doc__)
     p.add_argument("--timer-runs", type=int, default=500, help="(1) runs started at once")
     p.add_argument("--timer-seconds", type=float, default=1.0, help="(1) sleep duration")
     p.add_argument("--waits", type=int, default=100, help="(2) sequential waits per run")
@@ -759,8 +590,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--reps", type=int, default=3, help="(2) runs of each kind")
     p.add_argument("--poll-ms", type=float, default=0.5, help="(2b) driver poll interval")
     p.add_argument("--idle-seconds", type=float, default=3.0, help="idle background window")
-    p.add_argument("--quick", action="store_true", help="small counts: a smoke run")
-    p.add_argument("--out", type=Path, default=RESULTS, help="results directory")
+    add_run_args(p)
     args = p.parse_args(argv)
     if args.quick:
         args.timer_runs, args.waits, args.reps, args.idle_seconds = 50, 20, 1, 1.0
@@ -773,87 +603,38 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    started = time.monotonic()
-    probe_start, jiffies_start, load_start = cpu_probe_ms(), cpu_jiffies(), loadavg()
-    prefix = f"bench-waits-{uuid.uuid4().hex[:8]}"
-    with redis_url() as (url, source), tempfile.TemporaryDirectory() as tmp:
-        os.environ["CELERY_FLOW_BENCH_REDIS_URL"] = url
-        os.environ["CELERY_FLOW_BENCH_PREFIX"] = prefix
-        mod = importlib.import_module("bench.waits_app")  # reads the two variables above
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-        logfile = Path(tmp) / "worker.log"
-        log(f"Redis: {source}; prefix/queue {prefix}")
-        log(f"starting celery worker --pool {args.pool} --concurrency {args.concurrency}")
-        worker = start_worker(args.pool, args.concurrency, env, logfile)
-        res: dict[str, Any] = {}
-        bench = Bench(mod, worker, args)
-        try:
-            bench.warm_up()
-            res = {
-                "date": datetime.now(UTC).isoformat(timespec="seconds"),
-                "machine": machine(),
-                "versions": versions(bench.r),
-                "config": {
-                    "pool": args.pool,
-                    "concurrency": args.concurrency,
-                    "redis": source,
-                    "prefix": prefix,
-                    "command": " ".join(
-                        ["python -m bench.bench_waits", *(sys.argv[1:] if argv is None else argv)]
-                    ),
-                    "counts": {
-                        k: getattr(args, k)
-                        for k in (
-                            "timer_runs",
-                            "timer_seconds",
-                            "waits",
-                            "sleep_seconds",
-                            "reps",
-                            "poll_ms",
-                            "idle_seconds",
-                        )
-                    },
-                },
-            }
-            res["timers"] = bench.timers()
-            res["idle"] = bench.idle()
-            res["sleeps"] = bench.sleeps()
-            res["events"] = bench.events()
-            res["round_trips"] = bench.round_trips()
-            bench.check_worker()
-        finally:
-            log("stopping the worker")
-            stop_worker(worker)
-            lines = logfile.read_text(errors="replace").splitlines()
-            if "round_trips" not in res:
-                print("---- worker log (last 40 lines) ----", *lines[-40:], sep="\n")
-            if source == "CELERY_FLOW_BENCH_REDIS_URL":
-                with contextlib.suppress(redis.RedisError):
-                    log(
-                        f"deleted {drop_keys(bench.r, prefix)} benchmark keys from the shared Redis"
-                    )
-            bench.r.close()
-        res["worker"] = worker_log_summary(lines, worker.returncode)
-    steal, total = (b - a for a, b in zip(jiffies_start, cpu_jiffies(), strict=True))
-    res["machine"]["noise"] = {
-        "cpu_probe_ms_start": probe_start,
-        "cpu_probe_ms_end": cpu_probe_ms(),
-        "steal_percent": round(100 * steal / total, 1) if total else None,
-        "loadavg_start": load_start,
-        "loadavg_end": loadavg(),
-    }
+    clock = LoadClock()
+    with worker_session(
+        args.pool, args.concurrency, app="bench.waits_app", name="bench-waits"
+    ) as session:
+        bench = Bench(session.mod, session.worker, args)
+        if session.shared:
+            session.cleanups.append(
+                lambda: log(f"deleted {drop_keys(bench.r, session.prefix)} benchmark keys")
+            )
+        bench.warm_up()
+        counts = (
+            "timer_runs",
+            "timer_seconds",
+            "waits",
+            "sleep_seconds",
+            "reps",
+            "poll_ms",
+            "idle_seconds",
+        )
+        config = run_config(args, session, "bench.bench_waits", argv, counts)
+        res = report_head(bench.r, config)
+        res["timers"] = bench.timers()
+        res["idle"] = bench.idle()
+        res["sleeps"] = bench.sleeps()
+        res["events"] = bench.events()
+        res["round_trips"] = bench.round_trips()
+        bench.check_worker()
+    bench.r.close()
+    res["worker"] = worker_log_summary(session.log_lines, session.worker_exit_code())
+    clock.stamp(res)
     res["targets"] = targets(res)
-    res["seconds_total"] = round(time.monotonic() - started, 1)
-    args.out.mkdir(parents=True, exist_ok=True)
-    md = markdown(res)
-    for name, text in (("waits.json", json.dumps(res, indent=2) + "\n"), ("waits.md", md)):
-        tmp_path = args.out / f"{name}.tmp"
-        tmp_path.write_text(text)
-        tmp_path.replace(args.out / name)
-    print()
-    print(md)
-    log(f"wrote {args.out / 'waits.json'} and {args.out / 'waits.md'} ({res['seconds_total']:g} s)")
+    publish(args.out, "waits", res, clock, markdown)
     return 0
 
 
