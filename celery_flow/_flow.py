@@ -331,6 +331,11 @@ class Flow:
         return MappingProxyType(self._registry)
 
     def get_workflow(self, name: str | Workflow[Any]) -> Workflow[Any]:
+        """The registered workflow with this name (a Workflow is returned as is).
+
+        Raises:
+            WorkflowNotFound: no such workflow on this Flow; the message lists the known ones.
+        """
         if isinstance(name, Workflow):
             return name
         wf = self._registry.get(name)

@@ -148,6 +148,7 @@ class Workflow(Generic[R]):
         return self.limit_key or self.name
 
     def resolve_limit_key(self, validated: Any) -> str:
+        """The gate / rate scope of a run with this (validated) input."""
         if self.limit_key is None:
             return self.name
         if callable(self.limit_key):
@@ -163,6 +164,7 @@ class Workflow(Generic[R]):
     # -- execution ----------------------------------------------------------------------------
 
     def call(self, ctx: Any, value: Any) -> Any:
+        """Invoke the handler for one execution (``async def`` handlers run on a fresh loop)."""
         args = (ctx, value) if self.takes_input else (ctx,)
         if self.is_async:
             return asyncio.run(self.fn(*args))  # type: ignore[arg-type]
