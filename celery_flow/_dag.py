@@ -135,7 +135,6 @@ class DagWorkflow(Workflow[dict[str, Any]]):
         return super().run(
             {"context": context_of(self.name, raw, InputValidationError)}, **run_options
         )
-        return super().run(raw, **run_options)
 
 
 def context_of(name: str, value: Any, error: type[Exception] = NonRetriableError) -> Any:

@@ -20,7 +20,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from ._keys import STATUSES, TERMINAL_STATUSES, Keys
+from ._keys import Keys
 from .errors import FlowConnectionError
 
 _SCRIPT_NAMES = (
@@ -519,14 +519,6 @@ class Store:
     def ping(self) -> None:
         with self.errors():
             self.redis.ping()
-
-    @staticmethod
-    def status_indexes(keys: Keys) -> dict[str, str]:
-        return {s: keys.status(s) for s in STATUSES}
-
-    @staticmethod
-    def is_terminal(status: str | None) -> bool:
-        return status in TERMINAL_STATUSES
 
     # -- cron scheduler (celery_flow._scheduler) -------------------------------------------------
 

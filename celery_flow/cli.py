@@ -32,9 +32,6 @@ if TYPE_CHECKING:
     from ._flow import Flow
     from ._models import RunInfo
 
-TERMINAL = ("succeeded", "failed", "canceled")
-_PURGE_BATCH = 500
-_REDIS_SCHEMES = ("redis://", "rediss://", "redis+socket://", "unix://")
 _INSTALL_DASHBOARD = "pip install 'celery-flow[dashboard]'"
 
 
