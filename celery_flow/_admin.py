@@ -14,13 +14,15 @@ from typing import TYPE_CHECKING, Any
 
 from . import _serde
 from ._handle import RunHandle, _not_found
-from ._keys import STATUSES
+from ._keys import STATUSES, TERMINAL_STATUSES
 from ._models import GateStatus, RunInfo, RunPage, run_info_from_hash
 from ._store import _claimed
 from .errors import RunNotFound, RunStateError, StepNotFound
 
 if TYPE_CHECKING:
     from ._flow import Flow
+
+_PURGE_BATCH = 500
 
 
 def list_runs(
@@ -222,19 +224,25 @@ def _parse_cursor(cursor: str | None) -> tuple[float | None, str | None]:
     return float(score), rid
 
 
-def purge_runs(flow: Flow, older_ms: int) -> int:
-    """Delete terminal runs finished more than ``older_ms`` ago; returns how many."""
+def purge_runs(flow: Flow, older_ms: int, *, max_batches: int | None = None) -> int:
+    """Delete terminal runs finished more than ``older_ms`` ago; returns how many.
+
+    Works in batches of 500 per terminal status (3 round trips each); ``max_batches`` bounds
+    the batches per status (the maintenance loop takes one per pass, so it never stalls).
+    """
     store = flow.store
     total = 0
-    for status in ("succeeded", "failed", "canceled"):
+    for status in sorted(TERMINAL_STATUSES):
         seen: set[str] = set()
-        while True:
-            ids, _, now = store.due(store.keys.status(status), 500, older_ms)
+        batches = 0
+        while max_batches is None or batches < max_batches:
+            batches += 1
+            ids, _, now = store.due(store.keys.status(status), _PURGE_BATCH, older_ms)
             fresh = [i for i in ids if i not in seen]
             if not fresh:  # a batch that cannot be deleted would come back forever: stop
                 break
             seen.update(fresh)
             total += store.purge(fresh, now - older_ms)
-            if len(ids) < 500:
+            if len(ids) < _PURGE_BATCH:
                 break
     return total

@@ -105,12 +105,13 @@ class Maintenance:
         self._publish(self.flow.store.sweep_gates(), "handed_off")
 
     def purge(self) -> int:
-        """Delete terminal runs older than the retention period, index entries included."""
-        store = self.flow.store
-        total = 0
-        for status in ("succeeded", "failed", "canceled"):
-            ids, _, now = store.due(store.keys.status(status), _BATCH, self.flow.retention_ms)
-            total += store.purge(ids, now - self.flow.retention_ms)
+        """Delete terminal runs older than the retention period, index entries included.
+
+        One batch per terminal status per pass, so a large backlog never stalls the timers.
+        """
+        from ._admin import purge_runs
+
+        total = purge_runs(self.flow, self.flow.retention_ms, max_batches=1)
         self.counters["purged"] += total
         return total
 
