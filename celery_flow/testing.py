@@ -94,11 +94,13 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        import redis
+        from .embedded import pings
 
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
-        eventually(lambda: _pings(client), timeout=10, what=f"redis-server on port {self.port}")
-        client.close()
+        eventually(
+            lambda: pings(self.url, timeout=0.5),
+            timeout=10,
+            what=f"redis-server on port {self.port}",
+        )
         return self
 
     def stop(self) -> None:
@@ -109,13 +111,6 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def _pings(client: Any) -> bool:
-    try:
-        return bool(client.ping())
-    except Exception:
-        return False
 
 
 def eventually(
