@@ -292,15 +292,6 @@ def _find_cycle(deps: dict[str, list[str]]) -> list[str]:
     return []
 
 
-def dags_of(flow: Flow) -> dict[str, Dag]:
-    """``flow.dags``: the DAGs defined on this Flow (the attribute is created on first use)."""
-    dags: dict[str, Dag] | None = getattr(flow, "dags", None)
-    if dags is None:
-        dags = {}
-        setattr(flow, "dags", dags)  # noqa: B010 - Flow.__init__ belongs to the engine
-    return dags
-
-
 def build_dag(
     flow: Flow,
     name: str,
@@ -333,22 +324,29 @@ def build_dag(
             f"DAG {name!r}: {', '.join(uses_http)} call URLs, and requests are signed with the "
             "Flow's webhook_secret, which is not set: Flow(app, webhook_secret='...')"
         )
-    dags = dags_of(flow)
     dag = Dag(name, {s.id: s for s in steps}, waves, bool(saga), on_complete, on_error)
 
     def handler(ctx: Context, value: Any) -> dict[str, Any]:
         return _Walk(flow, dag, ctx, context_of(name, value)).run()
 
     handler.__doc__ = f"Walks the DAG {name!r} ({len(steps)} steps, {len(waves)} waves)."
-    wf = flow.workflow(
-        name=name, timeout=timeout, queue=queue, max_concurrency=max_concurrency, schema=None
-    )(handler)
-    # The registry builds a plain Workflow; DagWorkflow only adds run(context=...), so the same
-    # object (the one the run task closes over) changes class instead of being copied.
-    wf.__class__ = DagWorkflow
+    wf = flow._register(
+        handler,
+        cls=DagWorkflow,
+        name=name,
+        queue=queue,
+        max_concurrency=max_concurrency,
+        rate_limit=None,
+        limit_key=None,
+        retries=None,
+        timeout=timeout,
+        cron=None,
+        schema=None,
+        on_failure=None,
+    )
     assert isinstance(wf, DagWorkflow)
     dag.workflow = wf
-    dags[name] = dag
+    flow.dags[name] = dag
     return wf
 
 
@@ -557,7 +555,7 @@ def run_dag_item(item: dict[str, Any]) -> dict[str, Any]:
     try:
         if flow is None:  # pragma: no cover - only ever called by a map chunk task
             raise RuntimeError("run_dag_item runs inside a celery_flow map chunk")
-        dag = dags_of(flow).get(item["dag"])
+        dag = flow.dags.get(item["dag"])
         if dag is None:
             raise NonRetriableError(
                 f"DAG {item['dag']!r} is not defined in this worker; import the module that "
@@ -662,7 +660,7 @@ def get_status(flow: Flow, run_id: str) -> WorkflowStatus:
     if not h:
         raise RunNotFound(_not_found(run_id))
     info = run_info_from_hash(h, raw_steps)
-    dag = dags_of(flow).get(info.workflow)
+    dag = flow.dags.get(info.workflow)
     if dag is None:
         steps = [
             DagStepStatus(

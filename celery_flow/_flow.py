@@ -40,7 +40,7 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from ._dag import DagStep, DagWorkflow, WorkflowStatus
+    from ._dag import Dag, DagStep, DagWorkflow, WorkflowStatus
 
 R = TypeVar("R")
 logger = logging.getLogger("celery_flow")
@@ -123,6 +123,7 @@ class Flow:
         self.scheduler = Scheduler(self)  # replace to tune: Scheduler(flow, lease_seconds=5)
         install_worker_step(self)
         self.batches: dict[str, Batch] = {}
+        self.dags: dict[str, Dag] = {}
         self.map_task_name = f"celery_flow.map_chunk.{prefix}"
         self._register_map_task()
         app.celery_flow = self  # lets the CLI and tooling find the Flow of an app
@@ -249,7 +250,9 @@ class Flow:
 
         return decorate(fn) if fn is not None else decorate
 
-    def _register(self, fn: Callable[..., R], **opts: Any) -> Workflow[R]:
+    def _register(
+        self, fn: Callable[..., R], *, cls: type[Workflow[Any]] = Workflow, **opts: Any
+    ) -> Workflow[R]:
         if not callable(fn):
             raise WorkflowDefinitionError(f"@flow.workflow must decorate a function, got {fn!r}")
         name = check_name(opts["name"] or fn.__name__.replace("_", "-"))
@@ -258,7 +261,7 @@ class Flow:
                 f"workflow {name!r} is already registered (by {self._registry[name].fn!r}); "
                 "give one of them another name=."
             )
-        wf: Workflow[R] = build_workflow(self, fn, name, opts)
+        wf: Workflow[R] = build_workflow(self, fn, name, opts, cls)
         flow = self
 
         def run_task(run_id: str, token: str, limit_key: str | None = None) -> str:

@@ -215,7 +215,11 @@ def _type_name(schema: Any) -> str:
 
 
 def build_workflow(
-    flow: Flow, fn: Callable[..., R], name: str, opts: dict[str, Any]
+    flow: Flow,
+    fn: Callable[..., R],
+    name: str,
+    opts: dict[str, Any],
+    cls: type[Workflow[Any]] = Workflow,
 ) -> Workflow[R]:
     """Validate the decorator's options (naming the workflow in every error) and build it."""
     retries = opts["retries"] if opts["retries"] is not None else Retries()
@@ -240,7 +244,7 @@ def build_workflow(
             f"workflow {name!r}: limit_key= must be a string or a callable(input) -> str"
         )
     schema = opts["schema"]
-    return Workflow(
+    return cls(
         flow,
         fn,
         name=name,
