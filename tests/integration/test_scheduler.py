@@ -25,6 +25,7 @@ import redis
 
 from celery_flow import Cron, Flow
 from celery_flow._cron import entry_id
+from celery_flow._keys import Keys
 from celery_flow._scheduler import Scheduler
 from celery_flow.testing import eventually
 from tests.conftest import make_celery
@@ -81,7 +82,7 @@ def scheduler_processes(
 
 def leader(r: redis.Redis, prefix: str) -> int | None:
     """Index of the node holding the lease (n<index>|<random>), or None."""
-    token = r.get(f"{prefix}:lock:cron:{APP_ID}")
+    token = r.get(Keys(prefix).cron_lock(APP_ID))
     return int(token.split("|")[0][1:]) if token else None
 
 
