@@ -199,11 +199,13 @@ def test_video_is_polled_with_durable_doubling_sleeps_until_it_is_ready(example)
     assert gaps[0] >= 0.1 and all(gap >= 0.4 for gap in gaps[2:])
 
 
-def test_video_gives_up_after_max_polls_with_a_clear_error(example):
+def test_video_gives_up_after_max_polls_or_when_the_job_failed(example):
     # When the job takes a minute but only three polls are allowed
     handle = video(
         example, "vid-2", processing_seconds=60, initial_delay=0.1, max_delay=0.2, max_polls=3
     )
+    # (and, alongside, a video the transcoder cannot decode)
+    corrupt = video(example, "corrupt-1", processing_seconds=60, initial_delay=0.1)
 
     # Then the run fails, not retried, after exactly three polls
     with pytest.raises(RunFailed) as failed:
@@ -215,4 +217,11 @@ def test_video_gives_up_after_max_polls_with_a_clear_error(example):
         "poll:1",
         "poll:2",
     ]
-    assert query(example, "SELECT polls FROM transcoder_jobs") == [(3,)]
+    assert query(example, "SELECT polls FROM transcoder_jobs WHERE video_id = 'vid-2'") == [(3,)]
+
+    # And the corrupt video failed at its first poll, without sleeping
+    with pytest.raises(RunFailed) as failed:
+        wait_result(corrupt)
+    assert failed.value.error.type == NON_RETRIABLE
+    assert failed.value.error.message.endswith("failed: unsupported codec")
+    assert [s.name for s in corrupt.info().steps] == ["submit", "poll:0"]

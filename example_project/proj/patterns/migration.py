@@ -18,6 +18,9 @@ pause is a plain sleep inside the batch step rather than a durable ``ctx.step.sl
 durable sleep the handler replays from the top, and the replayed ``ctx.progress`` calls of the
 earlier batches would make the progress bar flicker backwards for a moment.)
 
+``max_concurrency=1``: a second migration started meanwhile waits for the first (two at once
+would only fight over the same rows).
+
 The ``seed`` step fills the legacy table with ``total`` fake rows (idempotently) so the
 example has something to migrate; a real migration would start at ``count``.
 

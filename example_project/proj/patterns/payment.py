@@ -19,10 +19,15 @@ The workflow ``charge-payment`` charges a card, records the payment and mails a 
   Redis (under this Flow's prefix), so all workers share it: after ``BREAKER_FAIL_MAX``
   consecutive 5xx/timeouts it opens and calls fail in microseconds with
   ``pybreaker.CircuitBreakerError`` instead of piling onto a sick gateway. That error is
-  retriable *after a delay*: the step does not retry it in place (it would fail fast again),
+  retriable *after a delay*: the step does not retry it in place (it would fail fast again);
   the run's own retry policy schedules the next attempt on a Redis timer (the run holds no
-  worker meanwhile). Once ``BREAKER_RESET_SECONDS`` have passed, one trial call half-opens the
-  breaker. Declines are excluded: a healthy gateway saying "no" is not a failure.
+  worker meanwhile). After ``BREAKER_RESET_SECONDS`` the next call is let through as a trial:
+  success closes the breaker, failure opens it again. Here the run's attempts are ~1 s and
+  ~2 s apart so the tests stay fast; in production space them to outlast the reset timeout
+  (``base_delay=15``, more attempts). A run that still fails can be replayed once the gateway
+  is back, ``flow.retry_many(workflow="charge-payment")``: same run id, same idempotency key,
+  so nothing is charged twice. Declines do not count: a healthy gateway saying "no" is not a
+  failure.
 
 Run it: ``python -m example_project.trigger payment`` (its input uses ``tok_flaky``; also try
 ``tok_visa``, ``tok_timeout``, ``tok_declined``, ``tok_unavailable`` with ``celery -A
@@ -47,7 +52,7 @@ from .. import db
 from ..celery import flow
 from .catalog import Example
 
-# -- fake external services: a payment gateway and a mail relay, their state in SQLite ---------
+# -- fake external services (a payment gateway, a mail relay) and our payments table ---------
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS gateway_charges (idempotency_key TEXT PRIMARY KEY,

@@ -10,7 +10,8 @@ sleeps are durable: the run is ``waiting`` in between (no worker, no slot held),
 resume the handler replays from the top: ``submit`` and the earlier polls return their
 recorded outputs, so the transcoder sees one submission and one request per poll, however many
 times the handler ran. After ``max_polls`` checks the run gives up with
-:class:`TranscodingTimedOut`; a job the transcoder reports failed ends the run too. Both are
+:class:`TranscodingTimedOut`; a job the transcoder reports failed (any ``corrupt*`` video)
+ends the run too. Both are
 ``NonRetriableError``: a whole-run retry would replay the same polls and give up again.
 
 The input sets the timing (``processing_seconds`` tells the fake transcoder how long the job
