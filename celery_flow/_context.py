@@ -104,6 +104,7 @@ class Steps:
                 f"add a suffix in loops, e.g. f'{name}:{{i}}'."
             )
         self._seen.add(name)
+        self._ex.replaying.discard(name)
         self._ex.boundary()
         self._seq += 1
         return self._seq
@@ -557,7 +558,14 @@ class Context:
     def progress(
         self, current: float, total: float | None = None, message: str | None = None
     ) -> None:
-        """Report progress (``RunInfo.progress``, CLI, dashboard). 1 round trip."""
+        """Report progress (``RunInfo.progress``, CLI, dashboard). 1 round trip.
+
+        While the handler replays steps an earlier execution finished (after a wait, a retry
+        or a crash), calls are skipped: 0 round trips, and the stored progress never goes back
+        to a value it already passed.
+        """
+        if self._ex.replaying:
+            return
         payload = {"current": current, "total": total, "message": message, "updated_at": now_ms()}
         self._ex.update(progress=_serde.dumps(payload, what="progress", max_bytes=64 * 1024))
 

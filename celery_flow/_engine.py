@@ -73,6 +73,13 @@ class Execution:
         self.token = token
         self.run = run
         self.steps: dict[str, dict[str, Any]] = {k: json.loads(v) for k, v in steps.items()}
+        # Finished steps this execution has not reached again yet. While any is left the
+        # handler is replaying code an earlier execution already ran, so ctx.progress does not
+        # write (the stored progress is already at least that far; no backwards jumps). The
+        # first new step write ends the replay even if the code no longer reaches some of them.
+        self.replaying: set[str] = {
+            k for k, rec in self.steps.items() if rec.get("status") in ("succeeded", "compensated")
+        }
         self.attempt = int(run.get("attempt", 1))
         # a wait that failed (event timeout, failed child) replays as failed within the same
         # generation; a whole-run retry or flow.retry starts a new generation that waits again
@@ -143,6 +150,7 @@ class Execution:
         self.steps[name] = rec
 
     def _write_step(self, name: str, raw: str, compensable: bool) -> None:
+        self.replaying.clear()
         owned, cancel = self.store.record_step(
             self.run_id, self.limit_key, self.token, name, raw, compensable
         )

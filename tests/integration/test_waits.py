@@ -337,3 +337,29 @@ def test_the_poll_with_exponential_backoff_pattern(env):
     with env.worker():
         assert transcode.run("v1").result(timeout=15) == {"job": "job-v1", "checks": 3}
     assert checks() == 3  # each check ran once across all the replays
+
+
+def test_progress_never_goes_back_while_a_resumed_run_replays(env):
+    # Given a run that reports progress between durable sleeps (each resume replays the loop)
+    @env.flow.workflow(name="paced")
+    def paced(ctx, n: int) -> int:
+        for i in range(n):
+            ctx.step.run(f"b:{i}", lambda: None)
+            ctx.progress(i + 1, n, f"batch {i + 1}")
+            ctx.step.sleep(f"pause:{i}", 0.15)
+        return n
+
+    seen: list[float] = []
+    with env.worker():
+        handle = paced.run(6)
+        # When its progress is sampled as fast as Redis answers until it ends
+        while handle.status() not in ("succeeded", "failed"):
+            progress = env.flow.get_run(handle.id).progress
+            if progress is not None:
+                seen.append(progress.current)
+        assert handle.result(timeout=10) == 6
+
+    # Then every value seen is >= the one before, and it went all the way through
+    assert seen and seen[-1] == 6, seen
+    assert seen == sorted(seen), seen
+    assert len(set(seen)) >= 4, seen  # intermediate values were visible, not just the end
