@@ -51,6 +51,8 @@ class StepInfo(BaseModel):
     finished_at: datetime | None = None
     output: Any = None
     error: ErrorInfo | None = None
+    event_type: str | None = None
+    """For a ``wait_for_event`` step (kind ``"event"``): the event type it waits for."""
 
 
 class RunInfo(BaseModel):
@@ -134,6 +136,7 @@ def step_info(name: str, raw: str) -> StepInfo:
         finished_at=ms_to_dt(rec.get("finished_at")),
         output=rec.get("output"),
         error=ErrorInfo(**rec["error"]) if rec.get("error") else None,
+        event_type=rec.get("event_type"),
     )
 
 

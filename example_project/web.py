@@ -158,14 +158,12 @@ def parse_approval(data: Any) -> dict[str, Any]:
     return {"approved": approved, "by": by.strip()}
 
 
-def awaits_event(info: RunInfo) -> bool:
-    """Whether the run is suspended in a ``wait_for_event`` step, i.e. can take a decision.
-
-    ``StepInfo`` does not say which event type a waiting step expects, so the page offers the
-    approval form for any event wait; in this project every event wait is an ``approval``.
-    """
+def awaits_event(info: RunInfo, event_type: str = APPROVAL_EVENT) -> bool:
+    """Whether the run is suspended in ``wait_for_event(..., event_type)``: it can take a
+    decision, so the status page shows the approve / reject form."""
     return info.status == "waiting" and any(
-        step.kind == "event" and step.status == "waiting" for step in info.steps
+        step.kind == "event" and step.status == "waiting" and step.event_type == event_type
+        for step in info.steps
     )
 
 

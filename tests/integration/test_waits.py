@@ -81,6 +81,8 @@ def test_events_sent_before_and_after_the_wait_are_each_consumed_once(env):
         handle = approvals.run(delay=0.5)
         env.flow.send_event(handle.id, "approve", {"by": "early"})  # buffered
         eventually(lambda: handle.status() == "waiting", what="the second wait")
+        waiting = [s for s in handle.info().steps if s.status == "waiting"]
+        assert [(s.name, s.kind, s.event_type) for s in waiting] == [("second", "event", "approve")]
         env.flow.send_event(handle.id, "approve", {"by": "late", "items": []})
         assert handle.result(timeout=10) == [{"by": "early"}, {"by": "late", "items": []}]
     assert not env.redis.hgetall(env.flow.store.keys.events(handle.id))
