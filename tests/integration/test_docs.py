@@ -4,8 +4,10 @@
   quickstart as the user's project module against a real Redis and an embedded worker.
 * The quickstart's shell commands are the README's, and Makefile targets.
 * Reference pages list what they promise: every public name, every Lua script.
-* The site builds with ``mkdocs build --strict`` (no warning: links, anchors, nav, snippets,
-  docstrings), into a temporary directory.
+* The guides cover every example: its module, its trigger command, and tests that exist.
+
+The site itself is built by ``make test`` (``mkdocs build --strict``: links, anchors, nav,
+snippet paths and docstrings, no warning allowed).
 """
 
 from __future__ import annotations
@@ -172,18 +174,39 @@ def test_the_internals_page_names_every_lua_script():
     assert [s for s in scripts if f"`{s}`" not in page] == []
 
 
-def test_the_site_builds_strict_without_warnings(tmp_path):
-    # When mkdocs builds the site (as `make test` does) into a temporary directory
-    mkdocs = Path(sys.executable).with_name("mkdocs")
-    proc = subprocess.run(
-        [str(mkdocs), "build", "--strict", "--site-dir", str(tmp_path / "site")],
-        cwd=ROOT,
-        env=dict(os.environ, NO_MKDOCS_2_WARNING="1"),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    # Then it succeeds with no warning at all
-    assert proc.returncode == 0, proc.stderr
-    assert "WARNING" not in proc.stderr, proc.stderr
-    assert (tmp_path / "site" / "index.html").exists()
+PATTERNS = ROOT / "example_project" / "proj" / "patterns"
+GUIDE_PAGES = sorted([*(DOCS / "guides").glob("*.md"), *(DOCS / "web").glob("*.md")])
+
+
+def test_every_pattern_module_and_example_has_a_guide_that_runs_it():
+    # Given the pattern modules and the example keys they offer to the trigger
+    sources = {p.stem: p.read_text() for p in PATTERNS.glob("*.py")}
+    modules = sorted(set(sources) - {"__init__", "catalog"})
+    keys = sorted(re.findall(r'key="([\w-]+)"', "".join(sources.values())))
+    assert len(modules) == 9 and len(keys) >= len(modules)
+    guides = "\n".join(p.read_text() for p in GUIDE_PAGES)
+    # Then each module's file is included in a guide (not copied) ...
+    included = set(re.findall(r'--8<-- "example_project/proj/patterns/(\w+)\.py"', guides))
+    assert sorted(set(modules) - included) == []
+    # ... and each example's trigger command is given
+    triggers = {
+        k
+        for line in re.findall(r"python -m example_project\.trigger ([^\n`]*)", guides)
+        for k in line.split("#", 1)[0].split()
+        if not k.startswith("-")
+    }
+    assert sorted(set(keys) - triggers) == []
+
+
+def test_the_tests_the_guides_name_exist():
+    # Given every test module and test function named on the guide and web pages
+    text = "\n".join(p.read_text() for p in GUIDE_PAGES)
+    files = set(re.findall(r"tests/examples/(\w+\.py)", text))
+    names = set(re.findall(r"`(test_\w+)`", text)) | set(re.findall(r"::(test_\w+)", text))
+    assert files and names
+    # Then the modules exist and define those tests
+    assert sorted(f for f in files if not (ROOT / "tests" / "examples" / f).exists()) == []
+    defined = set()
+    for path in (ROOT / "tests" / "examples").glob("test_*.py"):
+        defined |= set(re.findall(r"^def (test_\w+)", path.read_text(), flags=re.M))
+    assert sorted(names - defined) == []
