@@ -25,6 +25,7 @@ from ._workflow import Workflow
 from .errors import (
     ChildRunFailed,
     ConfigurationError,
+    DagStepFailed,
     DuplicateStepError,
     EventTimeout,
     FlowConnectionError,
@@ -56,6 +57,7 @@ __all__ = [
     "Cron",
     "CronStatus",
     "DagStep",
+    "DagStepFailed",
     "DagStepStatus",
     "DuplicateStepError",
     "ErrorInfo",

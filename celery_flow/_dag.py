@@ -35,6 +35,7 @@ from ._models import ErrorInfo, RunInfo, ms_to_dt, run_info_from_hash
 from ._webhooks import is_http_url, post_json
 from ._workflow import Workflow
 from .errors import (
+    DagStepFailed,
     FlowError,
     InputValidationError,
     MapFailed,
@@ -94,10 +95,6 @@ class DagStep:
                 f"DagStep {self.id!r}: depends_on={deps!r} must be a list of step ids"
             ) from None
         object.__setattr__(self, "depends_on", normalized)
-
-
-class DagStepFailed(NonRetriableError):
-    """A DAG step failed after its retries (compensations, if any, already ran)."""
 
 
 @dataclass

@@ -100,6 +100,13 @@ class ChildRunFailed(FlowError):
         self.error = error
 
 
+class DagStepFailed(NonRetriableError):
+    """A DAG step failed after its retries; its compensations (``saga=True``) already ran.
+
+    The run's ``ErrorInfo.message`` names the step, its error and the compensated steps.
+    """
+
+
 class MapFailed(FlowError):
     """Items of ``ctx.step.map`` failed after their retries."""
 

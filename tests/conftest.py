@@ -69,3 +69,21 @@ def proc_flow(flow_redis_url, flow_prefix, monkeypatch):
 
     yield load
     sys.modules.pop("tests.apps.proc_app", None)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Headless Chromium for the browser tests (their modules import tests.browser, which
+    skips them when Chromium or Playwright is missing)."""
+    from tests.browser import launch
+
+    with launch() as chromium:
+        yield chromium
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(10_000)
+    yield context.new_page()
+    context.close()

@@ -262,7 +262,7 @@ def test_the_order_saga_compensates_completed_steps_in_reverse_order(env):
     ]
     assert "create-shipment" in exc.value.error.message
     assert "compensated: charge-payment, reserve-inventory" in exc.value.error.message
-    assert exc.value.error.type == "celery_flow._dag.DagStepFailed"
+    assert exc.value.error.type == "celery_flow.errors.DagStepFailed"
     status = env.flow.get_status(handle.id)
     assert status.state == "failed" and status.failed_steps == ["create-shipment"]
     states = {s.id: s.state for s in status.steps}

@@ -6,71 +6,22 @@ skip without it. Set ``CELERY_FLOW_UPDATE_SCREENSHOTS=1`` to rewrite docs/img/ru
 
 from __future__ import annotations
 
-import os
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from celery_flow import NonRetriableError
-from celery_flow.dashboard import create_app
-from celery_flow.testing import eventually, free_port
+from celery_flow.testing import eventually
+from tests.browser import UPDATE_SCREENSHOTS, serve_dashboard
 
-CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parents[2]
-
-pytestmark = pytest.mark.skipif(
-    not os.path.exists(CHROMIUM),
-    reason=f"no Chromium at {CHROMIUM}: install it with `apt-get install -y chromium`",
-)
-sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is needed")
-
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as pw:
-        chromium = pw.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS, timeout=30_000
-        )
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    context.set_default_timeout(10_000)
-    yield context.new_page()
-    context.close()
 
 
 @pytest.fixture
 def dashboard(env):
-    """The dashboard served by uvicorn on a free loopback port, in a background thread."""
-    import uvicorn
-
-    port = free_port()
-    config = uvicorn.Config(
-        create_app(env.flow), host="127.0.0.1", port=port, log_level="warning", lifespan="off"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="dashboard", daemon=True)
-    thread.start()
-    eventually(lambda: server.started, timeout=10, what="uvicorn to start")
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve_dashboard(env.flow) as url:
+        yield url
 
 
 def status_in_redis(env, run_id):
@@ -159,7 +110,7 @@ def test_the_detail_page_draws_the_timeline_and_its_buttons_cancel_and_retry(
         assert "card declined" in page.locator("body").inner_text()
         shot = (
             ROOT / "docs" / "img" / "run-detail.png"
-            if os.environ.get("CELERY_FLOW_UPDATE_SCREENSHOTS")
+            if UPDATE_SCREENSHOTS
             else tmp_path / "run-detail.png"
         )
         shot.parent.mkdir(parents=True, exist_ok=True)
