@@ -88,21 +88,22 @@ def serve_until_interrupted(flow: Flow, port: int) -> None:
 
     from celery_flow.dashboard import serve
 
-    threading.Thread(
-        target=serve,
-        args=(flow,),
-        kwargs={"host": "127.0.0.1", "port": port},
-        name="demo-dashboard",
-        daemon=True,
-    ).start()
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "example_project.django_site.settings")
-    from example_project.django_site.wsgi import application as django_app
-    from example_project.flask_app import create_app
+    try:
+        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "example_project.django_site.settings")
+        from example_project.django_site.wsgi import application as django_app
+        from example_project.flask_app import create_app
 
-    start_wsgi("flask", create_app(), port + 1)
-    start_wsgi("django", django_app, port + 2)
-    print(
-        f"""
+        start_wsgi("flask", create_app(), port + 1)
+        start_wsgi("django", django_app, port + 2)
+        threading.Thread(
+            target=serve,
+            args=(flow,),
+            kwargs={"host": "127.0.0.1", "port": port},
+            name="demo-dashboard",
+            daemon=True,
+        ).start()
+        print(
+            f"""
 serving (worker + cron scheduler + dashboard + both front ends; Ctrl-C stops everything)
   dashboard  http://127.0.0.1:{port}/
   flask      http://127.0.0.1:{port + 1}/runs/<run id>    POST /examples/<example>/start
@@ -113,9 +114,8 @@ serving (worker + cron scheduler + dashboard + both front ends; Ctrl-C stops eve
 In a second terminal, start every example through the Flask front end:
   make trigger        (or: .venv/bin/python -m example_project.trigger --url \
 http://127.0.0.1:{port + 1})""",
-        flush=True,
-    )
-    try:
+            flush=True,
+        )
         threading.Event().wait()
     except KeyboardInterrupt:
         print("\nstopping")

@@ -27,9 +27,11 @@ def test_the_demo_runs_on_embedded_redis_and_shows_replay_and_compensation():
     assert "compensated" in out and "replayed its cached output" in out
 
 
-def test_the_demo_with_serve_keeps_the_dashboard_up_until_interrupted():
+def test_the_demo_with_serve_keeps_dashboard_and_both_front_ends_up_until_interrupted():
+    import json
     import signal
     import time
+    import urllib.error
     import urllib.request
 
     from celery_flow.testing import free_port
@@ -44,22 +46,35 @@ def test_the_demo_with_serve_keeps_the_dashboard_up_until_interrupted():
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+    def status_of(url: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
     try:
+        # The dashboard is started last: once it answers, everything is up.
         deadline = time.monotonic() + 60
-        url = f"http://127.0.0.1:{port}/healthz"
         while True:
             try:
-                with urllib.request.urlopen(url, timeout=1) as response:
-                    assert response.status == 200
-                    break
+                assert status_of(f"http://127.0.0.1:{port}/healthz")[0] == 200
+                break
             except OSError:
                 assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
                 assert time.monotonic() < deadline, "the dashboard never answered"
                 time.sleep(0.2)
+        for front in (port + 1, port + 2):  # Flask, then Django: a real 404 from each
+            code, body = status_of(f"http://127.0.0.1:{front}/runs/no-such-run?format=json")
+            assert code == 404 and "no-such-run" in json.loads(body)["error"], (front, body)
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, out
-    assert f"dashboard: http://127.0.0.1:{port}/" in out and "stopping" in out
+    assert f"dashboard  http://127.0.0.1:{port}/" in out and "stopping" in out
+    assert f"flask      http://127.0.0.1:{port + 1}/" in out
+    assert f"django     http://127.0.0.1:{port + 2}/" in out
+    assert "make trigger" in out
