@@ -12,7 +12,9 @@ import (e.g. a faster cron expression).
 from __future__ import annotations
 
 import importlib
+import sqlite3
 import sys
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,3 +92,15 @@ def example(example_project: ExampleProject) -> Iterator[ExampleProject]:
 def wait_result(handle: Any, timeout: float = 30.0) -> Any:
     """``handle.result(timeout)``; a shorthand so tests read as the examples do."""
     return handle.result(timeout=timeout)
+
+
+def query(example: ExampleProject, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    """Rows of ``sql`` against the test's SQLite file."""
+    with sqlite3.connect(example.db_path) as conn:
+        return [tuple(row) for row in conn.execute(sql, args)]
+
+
+def start_like_the_trigger(example: ExampleProject, key: str) -> Any:
+    """What ``python -m example_project.trigger <key>`` does through a front end."""
+    chosen = example.proj.patterns.EXAMPLES[key]
+    return example.flow.run(chosen.workflow, chosen.make_input(uuid.uuid4().hex[:8]))

@@ -6,8 +6,6 @@ conftest.py``); outcomes are read back from SQLite and from the runs in Redis.
 
 from __future__ import annotations
 
-import sqlite3
-import uuid
 from typing import Any
 
 import pytest
@@ -15,21 +13,9 @@ import pytest
 from celery_flow import BatchProgress
 from celery_flow.testing import eventually
 
-from .conftest import ExampleProject, wait_result
+from .conftest import query, start_like_the_trigger, wait_result
 
 EVERY_SECOND = {"EXAMPLE_SWEEP_CRON": "* * * * * *"}  # 6 fields: seconds first
-
-
-def query(example: ExampleProject, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    """Rows of ``sql`` against the test's SQLite file."""
-    with sqlite3.connect(example.db_path) as conn:
-        return [tuple(row) for row in conn.execute(sql, args)]
-
-
-def start_like_the_trigger(example: ExampleProject, key: str) -> Any:
-    """What ``python -m example_project.trigger <key>`` does through a front end."""
-    chosen = example.proj.patterns.EXAMPLES[key]
-    return example.flow.run(chosen.workflow, chosen.make_input(uuid.uuid4().hex[:8]))
 
 
 # -- welcome placeholders: process -> paginate -> execute -----------------------------------------

@@ -8,8 +8,6 @@ SQLite, from ``flow.get_status`` and from the runs in Redis.
 from __future__ import annotations
 
 import itertools
-import sqlite3
-import uuid
 from typing import Any
 
 import pytest
@@ -17,19 +15,7 @@ import pytest
 from celery_flow import RunFailed, WorkflowStatus
 from celery_flow.testing import eventually
 
-from .conftest import ExampleProject, wait_result
-
-
-def query(example: ExampleProject, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    """Rows of ``sql`` against the test's SQLite file."""
-    with sqlite3.connect(example.db_path) as conn:
-        return [tuple(row) for row in conn.execute(sql, args)]
-
-
-def start_like_the_trigger(example: ExampleProject, key: str) -> Any:
-    """What ``python -m example_project.trigger <key>`` does through a front end."""
-    chosen = example.proj.patterns.EXAMPLES[key]
-    return example.flow.run(chosen.workflow, chosen.make_input(uuid.uuid4().hex[:8]))
+from .conftest import ExampleProject, query, start_like_the_trigger, wait_result
 
 
 def assert_respects_dependencies(status: WorkflowStatus, depends_on: dict[str, Any]) -> None:
