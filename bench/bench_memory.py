@@ -93,6 +93,7 @@ def small_result(user_id: str, k: int) -> dict[str, Any]:
 
 @flow.workflow(name="mem-steps")
 def mem_steps(ctx: Context, spec: dict[str, Any]) -> dict[str, Any]:
+    """``steps`` small steps, then (``wait``) a long durable sleep: the run being measured."""
     for k in range(int(spec["steps"])):
         ctx.step.run(f"step:{k}", small_result, spec["user_id"], k)
     if spec["wait"]:
@@ -164,15 +165,15 @@ class Bench(WorkerBench):
         used_after, index_after = self.used_memory(), self.index_bytes()
         sample = [h.id for h in handles[:: max(1, n // self.args.sample)]]
         own = self.own_keys(sample)
-        per_run_keys = own["total"] + (index_after - index_before) / n
+        index_per_run = (index_after - index_before) / n
         row = {
             "state": state,
             "steps": steps,
             "runs": n,
             "seconds": round(elapsed, 2),
             "used_memory_per_run": round((used_after - used_before) / n, 1),
-            "keys_per_run": round(per_run_keys, 1),
-            "index_per_run": round((index_after - index_before) / n, 1),
+            "keys_per_run": round(own["total"] + index_per_run, 1),
+            "index_per_run": round(index_per_run, 1),
             "own_keys": own,
         }
         log(
@@ -198,13 +199,20 @@ class Bench(WorkerBench):
         return out
 
     def redis_config(self) -> dict[str, str]:
-        """The settings that decide the figures (hash encodings), where CONFIG GET is allowed."""
+        """The settings that decide the figures (hash encodings), where CONFIG GET is allowed.
+
+        Redis 7 names them ``hash-max-listpack-*``, Redis 6.2 ``hash-max-ziplist-*``.
+        """
         out: dict[str, str] = {}
-        for name in ("hash-max-listpack-value", "hash-max-listpack-entries", "maxmemory-policy"):
+        for name in ("hash-max-*-value", "hash-max-*-entries", "maxmemory-policy"):
             try:
-                out.update({str(k): str(v) for k, v in self.r.config_get(name).items()})
+                found = self.r.config_get(name)
             except Exception as exc:  # a managed Redis may refuse CONFIG
                 out[name] = f"unknown ({type(exc).__name__})"
+                continue
+            # Redis 7 answers both spellings of a renamed setting: keep its own
+            new = {k: v for k, v in found.items() if "ziplist" not in k}
+            out.update({str(k): str(v) for k, v in (new or found).items()})
         return out
 
     def run_cases(self) -> dict[str, Any]:
@@ -213,12 +221,12 @@ class Bench(WorkerBench):
 
     def tuned(self, value: int) -> dict[str, Any]:
         """The cases again with ``hash-max-listpack-value`` raised (on our own Redis only)."""
-        name = "hash-max-listpack-value"
+        name = next(iter(k for k in self.redis_config() if k.endswith("-value")))
         before = self.r.config_get(name)[name]
         log(f"CONFIG SET {name} {value}; the cases again")
         self.r.config_set(name, value)
         try:
-            return {name: value, **self.run_cases()}
+            return {"setting": name, "value": value, **self.run_cases()}
         finally:
             self.r.config_set(name, before)
 
@@ -299,9 +307,8 @@ def markdown(res: dict[str, Any]) -> str:
     ]
     tuned = res.get("tuned")
     if tuned:
-        value = tuned["hash-max-listpack-value"]
         lines += [
-            f"## The same with `hash-max-listpack-value {value}`",
+            f"## The same with `{tuned['setting']} {tuned['value']}`",
             "",
             "Run and step records are longer than the default 64-byte limit of Redis' compact "
             "hash encoding (listpack); with the limit raised, the run hash and the steps hash "
