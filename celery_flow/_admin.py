@@ -80,7 +80,7 @@ def list_runs(
 def gate_status(flow: Flow, key: str) -> GateStatus:
     """Holders, waiting count and rate budget of one limit key. 1 round trip.
 
-    Example:
+    Examples:
         >>> flow.gate_status("process-order").waiting
         12
     """

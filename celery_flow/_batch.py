@@ -35,7 +35,7 @@ class Page:
 
     ``next_cursor=None`` means this was the last page.
 
-    Example:
+    Examples:
         >>> Page(ids=[1, 2, 3], next_cursor=3)
     """
 
@@ -72,7 +72,7 @@ class Batch:
     def process(self, *, dry_run: bool = False, force: bool = False) -> RunHandle:
         """Start layer 1. Its output is the statistics dict.
 
-        Example:
+        Examples:
             >>> welcome.process(dry_run=True).result(timeout=60)["to_process"]
             80
         """

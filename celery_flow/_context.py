@@ -131,7 +131,7 @@ class Steps:
         Returns:
             The step's output as a JSON value, identical on first execution and on replay.
 
-        Example:
+        Examples:
             >>> charge = ctx.step.run("charge", gateway.charge, order.id,
             ...                       retries=Retries(max_attempts=3), compensate=gateway.refund)
         """
@@ -200,7 +200,7 @@ class Steps:
 
         Works for seconds or months (a Redis timer, never a Celery ETA).
 
-        Example:
+        Examples:
             >>> ctx.step.sleep("cool-down", timedelta(hours=1))
         """
         seconds = to_seconds(duration, what=f"duration of sleep step {name!r}")
@@ -228,7 +228,7 @@ class Steps:
         Raises:
             EventTimeout: no event within ``timeout`` (catch it to escalate and wait again).
 
-        Example:
+        Examples:
             >>> try:
             ...     decision = ctx.step.wait_for_event("approval", "approved", timeout=48 * 3600)
             ... except EventTimeout:
@@ -348,7 +348,7 @@ class Steps:
         Raises:
             MapFailed: items failed after their ``retries``; ``.failed_indexes`` lists them.
 
-        Example:
+        Examples:
             >>> sizes = ctx.step.map("resize", resize_image, image_urls, chunk_size=50)
         """
         from ._fanout import map_step
@@ -367,7 +367,7 @@ class Steps:
         Raises:
             MapFailed: children failed or were canceled; ``.failed_indexes`` lists them.
 
-        Example:
+        Examples:
             >>> shipments = ctx.step.map_workflow("ship", ship_order, orders, chunk_size=50)
         """
         from ._fanout import children_outcome, start_child

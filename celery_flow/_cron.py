@@ -71,7 +71,7 @@ class CronSpec:
 def compile_spec(expression: str, timezone: str = "UTC") -> CronSpec:
     """Compile an expression (already validated by ``Cron``) for :func:`next_fire`.
 
-    Example:
+    Examples:
         >>> compile_spec("*/15 * * * *", "Europe/Paris").follows_clock
         True
     """
@@ -90,7 +90,7 @@ def entry_id(workflow: str, expression: str, timezone: str) -> str:
     whitespace normalised) and the timezone, so the same definition always gets the same id
     and a changed schedule gets a new one.
 
-    Example:
+    Examples:
         >>> entry_id("sweep", "*/5 * * * *", "UTC") == entry_id("sweep", "*/5  * * * *", "UTC")
         True
     """
@@ -151,7 +151,7 @@ def next_fire(spec: CronSpec, after: float) -> int | None:
     The caller passes "now": that is how the scheduler avoids a catch-up burst after
     downtime. See the module docstring for the DST rules.
 
-    Example:
+    Examples:
         >>> spec = compile_spec("30 2 * * *", "Europe/Paris")
         >>> datetime.fromtimestamp(next_fire(spec, 1711839600), UTC)  # 2024-03-31 00:00 CET
         datetime.datetime(2024, 3, 31, 1, 0, tzinfo=datetime.timezone.utc)

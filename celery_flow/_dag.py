@@ -71,7 +71,7 @@ class DagStep:
         compensation: ``compensation(context, result)`` (or a URL) that undoes this step when
             a ``saga=True`` DAG fails after it completed.
 
-    Example:
+    Examples:
         >>> DagStep("process-payment", charge, depends_on=["reserve-inventory"],
         ...         retries=Retries(max_attempts=3), compensation=refund)
     """
@@ -113,7 +113,7 @@ class Dag:
 class DagWorkflow(Workflow[dict[str, Any]]):
     """The workflow ``flow.dag`` returns: start runs with ``.run(context={...})``.
 
-    Example:
+    Examples:
         >>> handle = order.run(context={"order_id": "o1", "user_id": "u1"})
         >>> handle.result(timeout=60)  # {step_id: result, ...}
     """

@@ -31,7 +31,7 @@ class Retries:
         jitter: randomise each delay uniformly in [delay/2, delay] to spread thundering herds.
         non_retriable: exception types that fail at once, in addition to the built-in ones.
 
-    Example:
+    Examples:
         >>> Retries(max_attempts=5, backoff="exponential", base_delay=0.5).delay(3, jitter=False)
         2.0
     """
@@ -126,7 +126,7 @@ class Cron:
         input: the input of every run it starts.
         id: stable id of the entry (default: derived from workflow, expression and timezone).
 
-    Example:
+    Examples:
         >>> Cron("*/5 * * * *", timezone="Europe/Paris", input={"sweep": True}).expression
         '*/5 * * * *'
     """

@@ -75,7 +75,7 @@ class Flow:
         republish_after: seconds after which a queued run whose message never started it is
             published again (lost publish, broker restart). Duplicates are harmless no-ops.
 
-    Example:
+    Examples:
         >>> app = Celery("proj", broker="redis://127.0.0.1:6379/0")
         >>> flow = Flow(app)
         >>> @flow.workflow()
@@ -227,7 +227,7 @@ class Flow:
         Every argument is validated here, so a mistake fails at import time. The workflow gets
         one Celery task, ``celery_flow.<name>``, routed to ``queue``.
 
-        Example:
+        Examples:
             >>> @flow.workflow(name="process-order", retries=Retries(max_attempts=3))
             ... def process_order(ctx, order: OrderIn) -> dict:
             ...     return ctx.step.run("charge", charge, order.order_id)
@@ -295,7 +295,7 @@ class Flow:
         ``needs_processing(ids) -> ids`` filters already-done items; ``execute`` is the
         one-item workflow (its ``max_concurrency`` / ``rate_limit`` apply).
 
-        Example:
+        Examples:
             >>> welcome = flow.batch("welcome", execute=generate_user, source=users_page,
             ...                      needs_processing=without_placeholder, page_size=50)
             >>> welcome.process(dry_run=True).result(timeout=60)["to_process"]
@@ -395,7 +395,7 @@ class Flow:
         2 round trips. Entries of every app sharing the prefix are listed (``app_id`` says
         whose); ``leader`` is the node id holding that app's scheduler lease.
 
-        Example:
+        Examples:
             >>> [(s.workflow, s.next_fire_at, s.leader) for s in flow.cron_status()]
             [('nightly-report', datetime.datetime(2025, 1, 2, 1, 0, tzinfo=...), 'celery@w1')]
         """
@@ -469,7 +469,7 @@ class Flow:
             RunNotFound: no such run.
             RunStateError: the run already ended.
 
-        Example:
+        Examples:
             >>> flow.send_event(run_id, "approved", {"by": "ada"})
         """
         _admin.send_event(self, run_id, event_type, payload)
@@ -485,7 +485,7 @@ class Flow:
             RunStateError: the run is not failed or canceled.
             StepNotFound: ``from_step`` is not a step of the run.
 
-        Example:
+        Examples:
             >>> flow.retry(run_id, from_step="charge", input={"order_id": "o1", "total_cents": 9})
         """
         return _admin.retry(self, run_id, from_step=from_step, input=input)
@@ -576,7 +576,7 @@ class Flow:
         Pass ``RunPage.next_cursor`` back as ``cursor`` for the next page. Steps are not loaded
         (use ``get_run``).
 
-        Example:
+        Examples:
             >>> page = flow.list_runs(workflow="process-order", status="failed", limit=20)
             >>> more = flow.list_runs(workflow="process-order", cursor=page.next_cursor)
         """
@@ -585,7 +585,7 @@ class Flow:
     def gate_status(self, key: str) -> GateStatus:
         """Holders, waiting count and rate budget of one limit key. 1 round trip.
 
-        Example:
+        Examples:
             >>> flow.gate_status("process-order").waiting
             12
         """
@@ -627,7 +627,7 @@ class Flow:
             WorkflowDefinitionError: duplicate ids, unknown or self dependencies, a cycle, a
                 bad handler / compensation / URL scheme, or URLs without a webhook_secret.
 
-        Example:
+        Examples:
             >>> order = flow.dag("order-processing", steps=[
             ...     DagStep("validate", validate_order),
             ...     DagStep("charge", charge, depends_on=["validate"], compensation=refund),
@@ -655,7 +655,7 @@ class Flow:
         For a ``flow.dag`` run there is one entry per DAG step (parallel steps included, also
         while their wave runs); for a plain run, one per recorded step. Raises RunNotFound.
 
-        Example:
+        Examples:
             >>> status = flow.get_status(handle.id)
             >>> status.state, status.completed_steps, status.steps[0].attempts
             ('running', ['validate'], 1)

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 class RunHandle:
     """Handle for one run, returned by ``.run()``, ``flow.run`` and ``flow.handle``.
 
-    Example:
+    Examples:
         >>> h = flow.run("process-order", {"order_id": "o1", "total_cents": 5})
         >>> h.status()
         'queued'

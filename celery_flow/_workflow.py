@@ -55,7 +55,7 @@ def infer_schema(fn: Callable[..., Any], name: str) -> Any:
 class Workflow(Generic[R]):
     """A registered workflow. Start runs with :meth:`run`; call it directly for unit tests.
 
-    Example:
+    Examples:
         >>> handle = process_order.run({"order_id": "o1", "total_cents": 500})
         >>> handle.result(timeout=30)
     """
@@ -187,7 +187,9 @@ class Workflow(Generic[R]):
                 when it fails).
             idempotency_key: a second call with the same key within ``idempotency_ttl`` returns
                 the first run's handle and starts nothing.
-            run_at / delay: keep the run ``scheduled`` until then (a Redis timer, not an ETA).
+            run_at: keep the run ``scheduled`` until this time (a Redis timer, not an ETA).
+            delay: keep the run ``scheduled`` this long (seconds or timedelta); give ``run_at``
+                or ``delay``, not both.
             queue: route this run's task to another Celery queue.
 
         Raises:

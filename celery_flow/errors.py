@@ -42,7 +42,7 @@ class FlowError(Exception):
 class NonRetriableError(FlowError):
     """Fail the step (and the run) without consulting any retry policy.
 
-    Example:
+    Examples:
         >>> def charge():
         ...     raise NonRetriableError("card declined: retrying will not help")
     """

@@ -13,7 +13,7 @@ Helpers:
   as a context manager.
 * :func:`eventually`: poll a condition instead of sleeping.
 
-Example:
+Examples:
     >>> def test_greet(flow_redis_url, flow_prefix):
     ...     app = Celery("t", broker=flow_redis_url)
     ...     flow = Flow(app, prefix=flow_prefix)

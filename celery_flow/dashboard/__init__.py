@@ -4,7 +4,7 @@ Needs the ``dashboard`` extra (``pip install 'celery-flow[dashboard]'``): Starle
 Jinja2, python-multipart. ``celery -A proj flow dashboard`` calls :func:`serve`; embed the
 ASGI app elsewhere with :func:`create_app`. See docs/dashboard.md.
 
-Example:
+Examples:
     >>> from celery_flow.dashboard import serve
     >>> serve(flow, host="127.0.0.1", port=8155, token=None)   # blocks
 """

@@ -69,7 +69,7 @@ def create_app(flow: Flow, token: str | None = None) -> Starlette:
             ``/login?token=...``). Default: the ``CELERY_FLOW_DASHBOARD_TOKEN`` environment
             variable; unset or empty means no authentication (CSRF checks stay on).
 
-    Example:
+    Examples:
         >>> app = create_app(flow, token="s3cret")
         >>> uvicorn.run(app, host="127.0.0.1", port=8155)
     """
@@ -112,7 +112,7 @@ def serve(flow: Flow, host: str = "127.0.0.1", port: int = 8155, token: str | No
         host / port: where to listen; keep the loopback default unless a token is set.
         token: bearer token (default: ``CELERY_FLOW_DASHBOARD_TOKEN``); see :func:`create_app`.
 
-    Example:
+    Examples:
         >>> serve(flow, port=8155)   # then open http://127.0.0.1:8155/
     """
     import uvicorn

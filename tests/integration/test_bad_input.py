@@ -126,6 +126,21 @@ def test_a_password_in_the_url_never_appears_in_errors():
     assert "s3cret" not in str(exc.value) and "***" in str(exc.value)
 
 
+@pytest.mark.parametrize(
+    ("url", "hint"),
+    [
+        ("redis+sentinel://:pw@sentinel-1:26379/mymaster", "Sentinel URLs are not supported"),
+        ("sentinel://sentinel-1:26379", "Sentinel URLs are not supported"),
+        ("http://127.0.0.1:6379/0", "redis_url='redis://host:6379/0'"),
+    ],
+)
+def test_a_redis_url_of_another_scheme_is_a_configuration_error_naming_the_fix(url, hint):
+    flow = Flow(Celery("odd-url", broker="amqp://", set_as_current=False), redis_url=url)
+    with pytest.raises(ConfigurationError, match="redis://, rediss:// or unix://") as exc:
+        flow.get_run("x")
+    assert hint in str(exc.value) and ":pw@" not in str(exc.value)
+
+
 def test_a_non_redis_broker_without_a_redis_url_is_a_configuration_error():
     app = Celery("amqp-only", broker="amqp://guest@127.0.0.1//", set_as_current=False)
     flow = Flow(app)

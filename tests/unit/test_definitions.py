@@ -152,6 +152,7 @@ def test_the_public_api_is_frozen():
             "Cron",
             "CronStatus",
             "DagStep",
+            "DagStepFailed",
             "DagStepStatus",
             "DuplicateStepError",
             "ErrorInfo",
