@@ -32,4 +32,5 @@ bench: $(BIN)/.installed  ## benchmarks; results land in bench/results/
 	$(BIN)/python -m bench.bench_cron
 	$(BIN)/python -m bench.bench_waits
 	$(BIN)/python -m bench.bench_map
+	$(BIN)/python -m bench.bench_memory
 
