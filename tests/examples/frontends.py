@@ -3,10 +3,10 @@
 ``make_front("flask")`` / ``make_front("django")`` wrap the framework's test client in a
 :class:`Front`, whose calls (``get``, ``post``, ``post_json``, ``post_form``) answer a framework-
 neutral :class:`Reply`. The tests every front end must pass are written once against it, in
-``tests/examples/test_django_front.py``, parametrised over :data:`FRONT_ENDS`; what only one
-framework does stays in its module (Django's CSRF checks and every example through its views;
-Flask's form without a token; each app served over real HTTP). The helpers here are the pieces
-those framework-specific tests share.
+``tests/examples/test_front_ends.py``, parametrised over :data:`FRONT_ENDS`; what only one
+framework does stays in its module (``test_django_front.py``: Django's CSRF checks, both apps
+served in one process; ``test_flask_front.py``: Flask's form without a token, the app served
+over real HTTP). The helpers here are the pieces those framework-specific tests share.
 
 Call :func:`make_front` only once the ``example_project`` fixture has imported the project: the
 front ends import the project of the current test.
@@ -189,19 +189,28 @@ def with_approval_workflow(example_project: ExampleProject) -> ExampleProject:
     return example_project
 
 
-def start_awaiting_approval(front: Front) -> tuple[str, str]:
-    """Start two runs of :data:`APPROVAL_WORKFLOW` through the JSON API (amounts 120, to be
-    decided by the form, and 9000, by JSON) and poll each until it waits for its approval."""
-    run_ids = [
-        front.start(f"/start/{APPROVAL_WORKFLOW}", amount)["run_id"] for amount in (120, 9000)
-    ]
-    for run_id in run_ids:
-        info = front.poll(run_id, {"waiting"})
-        assert waiting_for_event(info), info
-        [step] = [s for s in info["steps"] if s["kind"] == "event"]
-        assert (step["name"], step["event_type"]) == ("manager-approval", "approval")
-    by_form, by_json = run_ids
-    return by_form, by_json
+@contextmanager
+def awaiting_approval(example_project: ExampleProject, front: Front) -> Iterator[tuple[str, str]]:
+    """Two runs of :data:`APPROVAL_WORKFLOW` waiting for their approval, with a worker running.
+
+    Registers the workflow, starts a worker (threads x8, as the ``example`` fixture's) that knows
+    it, starts two runs through the JSON API (amounts 120, to be decided by the form, and 9000,
+    by JSON), polls each until it waits for its approval and checks that its status page offers
+    the decision form; yields ``(by_form, by_json)``, the worker running until the block ends.
+    """
+    with_approval_workflow(example_project)
+    with start_flow_worker(example_project.app, pool="threads", concurrency=8):
+        run_ids = [
+            front.start(f"/start/{APPROVAL_WORKFLOW}", amount)["run_id"] for amount in (120, 9000)
+        ]
+        for run_id in run_ids:
+            info = front.poll(run_id, {"waiting"})
+            assert waiting_for_event(info), info
+            [step] = [s for s in info["steps"] if s["kind"] == "event"]
+            assert (step["name"], step["event_type"]) == ("manager-approval", "approval")
+            assert_offers_approval_form(front.get(f"/runs/{run_id}").text, run_id)
+        by_form, by_json = run_ids
+        yield by_form, by_json
 
 
 def assert_offers_approval_form(html: str, run_id: str) -> None:
@@ -213,10 +222,18 @@ def assert_offers_approval_form(html: str, run_id: str) -> None:
     assert '<td class="mono">manager-approval</td>' in html
 
 
-def finish_approval_round_trip(front: Front, by_form: str, by_json: str) -> None:
-    """After the form approved ``by_form`` (as ada): malformed JSON decisions for ``by_json``
-    are 400 and never reach the run; a JSON decision is 202; both runs end with their
-    decisions; a decision for an ended run is 409."""
+def finish_approval_round_trip(
+    front: Front, by_form: str, by_json: str, form_extra: Mapping[str, str] | None = None
+) -> None:
+    """Approve ``by_form`` (as ada) through the status page's HTML form, its fields plus
+    ``form_extra`` (Django's CSRF token): 303 back to the status page. Then malformed JSON
+    decisions for ``by_json`` are 400 and never reach the run; a JSON decision is 202; both
+    runs end with their decisions; a decision for an ended run is 409."""
+    fields = {"approved": "true", "by": "ada", **(form_extra or {})}
+    resp = front.post_form(f"/runs/{by_form}/approval", fields)
+    assert resp.status == 303
+    assert resp.headers["Location"] == f"/runs/{by_form}"
+
     path = f"/runs/{by_json}/approval"
     for bad in ({"approved": "maybe", "by": "ada"}, {"approved": True}, [1, 2]):
         resp = front.post_json(path, bad)
@@ -257,7 +274,8 @@ def serving(server: Any) -> Iterator[str]:
 
 def run_webhook_dag(example_project: ExampleProject, on_complete: str) -> str:
     """Run :data:`WEBHOOK_DAG` (pack -> label) with its signed ``on_complete`` webhook posted to
-    ``on_complete``; return its run id once it succeeded.
+    ``on_complete``, a front end's ``/webhooks/flow``; return its run id once it succeeded and
+    the front end verified and recorded the webhook.
 
     The DAG needs the URL, and a worker only knows the tasks registered when it starts, so this
     starts its own worker after registering the DAG (no ``example`` fixture).
@@ -273,11 +291,8 @@ def run_webhook_dag(example_project: ExampleProject, on_complete: str) -> str:
     with start_flow_worker(example_project.app, pool="threads", concurrency=4):
         handle = dag.run(context={"order": "o7"})
         assert handle.result(timeout=20) == {"pack": "box-o7", "label": "box-o7-labelled"}
-    return handle.id
-
-
-def assert_webhook_recorded(example_project: ExampleProject, run_id: str) -> None:
-    """The front end verified the DAG's webhook and recorded it (once)."""
+    # The webhook is the run's step ``webhook:on_complete``: delivered by now, recorded once.
     [row] = deliveries(example_project)
-    assert (row["run_id"], row["dag"], row["state"]) == (run_id, WEBHOOK_DAG, "completed")
+    assert (row["run_id"], row["dag"], row["state"]) == (handle.id, WEBHOOK_DAG, "completed")
     assert json.loads(row["body"])["results"]["label"] == "box-o7-labelled"
+    return handle.id

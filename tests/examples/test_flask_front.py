@@ -1,11 +1,11 @@
 """The Flask front end (``example_project.flask_app``): what only it does, against a real Redis
 and a real worker.
 
-What both front ends must do (start, poll, status page, idempotency, examples by key, errors,
-the webhook's signature check) runs against Flask too, parametrised over both front ends, in
-``tests/examples/test_django_front.py`` (its ``[flask]`` cases), through the adapter of
-``tests/examples/frontends.py``; every example runs through Flask over real HTTP in
-``tests/examples/test_trigger.py``.
+What both front ends must do (start, poll, status page, idempotency, examples by key, every
+example to success, errors, the webhook's signature check) runs against Flask too,
+parametrised over both front ends, in ``tests/examples/test_front_ends.py`` (its ``[flask]``
+cases), through the adapter of ``tests/examples/frontends.py``; every example also runs
+through Flask over real HTTP in ``tests/examples/test_trigger.py``.
 
 Here: the approval form, posted without a token (Flask has no CSRF protection), and the app
 served over real HTTP (werkzeug, in a thread, as the demo does) while a DAG delivers its
@@ -14,40 +14,23 @@ signed ``on_complete`` webhook to it.
 
 from __future__ import annotations
 
-import pytest
 from werkzeug.serving import make_server
 
 from tests.examples.conftest import ExampleProject
 from tests.examples.frontends import (
-    assert_offers_approval_form,
-    assert_webhook_recorded,
+    awaiting_approval,
     finish_approval_round_trip,
     make_front,
     run_webhook_dag,
     serving,
-    start_awaiting_approval,
-    with_approval_workflow,
 )
 
 
-@pytest.fixture
-def example_project(example_project: ExampleProject) -> ExampleProject:
-    """The conftest fixture plus ``APPROVAL_WORKFLOW``, registered before the worker starts."""
-    return with_approval_workflow(example_project)
-
-
-def test_approval_round_trip_form_and_json(example: ExampleProject) -> None:
+def test_approval_round_trip_form_and_json(example_project: ExampleProject) -> None:
+    """The page's form, posted without a token (Flask has no CSRF protection), then JSON."""
     front = make_front("flask")
-    by_form, by_json = start_awaiting_approval(front)
-    html = front.get(f"/runs/{by_form}").text
-    assert_offers_approval_form(html, by_form)
-
-    # The HTML form: fields (no token), then a 303 back to the status page.
-    resp = front.post_form(f"/runs/{by_form}/approval", {"approved": "true", "by": "ada"})
-    assert resp.status == 303
-    assert resp.headers["Location"] == f"/runs/{by_form}"
-
-    finish_approval_round_trip(front, by_form, by_json)
+    with awaiting_approval(example_project, front) as (by_form, by_json):
+        finish_approval_round_trip(front, by_form, by_json)
 
 
 def test_dag_webhook_is_delivered_and_recorded(example_project: ExampleProject) -> None:
@@ -59,5 +42,4 @@ def test_dag_webhook_is_delivered_and_recorded(example_project: ExampleProject) 
 
     server = make_server("127.0.0.1", 0, create_app(), threaded=True)
     with serving(server) as url:
-        run_id = run_webhook_dag(example_project, f"{url}/webhooks/flow")
-    assert_webhook_recorded(example_project, run_id)
+        run_webhook_dag(example_project, f"{url}/webhooks/flow")
