@@ -644,3 +644,27 @@ def publish(
         f"wrote {out / f'{name}.json'} and {out / f'{name}.md'} "
         f"({res['seconds_total']:.0f} s in total)"
     )
+
+
+def results_only_app(name: str, default_prefix: str) -> tuple[Any, Any]:
+    """``(app, flow)`` for a benchmark worker module (``celery -A bench.<module> worker``).
+
+    Redis and prefix come from ``CELERY_FLOW_BENCH_REDIS_URL`` / ``CELERY_FLOW_BENCH_PREFIX``
+    (set by :func:`worker_session`); JSON only and no result backend: results live in
+    celery_flow.
+    """
+    from celery import Celery
+
+    from celery_flow import Flow
+
+    url = os.environ.get("CELERY_FLOW_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+    prefix = os.environ.get("CELERY_FLOW_BENCH_PREFIX", default_prefix)
+    app = Celery(name, broker=url)
+    app.conf.update(
+        task_default_queue=prefix,
+        broker_connection_retry_on_startup=True,
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+    )
+    return app, Flow(app, redis_url=url, prefix=prefix)

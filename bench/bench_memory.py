@@ -41,15 +41,12 @@ end); docs/operations/memory.md includes the markdown.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
-
-from celery import Celery
 
 from bench._common import (
     RunClock,
@@ -62,27 +59,18 @@ from bench._common import (
     md_worker,
     publish,
     report_head,
+    results_only_app,
     run_config,
     wait_for_worker,
     worker_log_summary,
     worker_session,
 )
-from celery_flow import Context, Flow
+from celery_flow import Context
 
 # -- the app the worker runs (``celery -A bench.bench_memory worker``) --------------------------
 
-REDIS_URL = os.environ.get("CELERY_FLOW_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
-PREFIX = os.environ.get("CELERY_FLOW_BENCH_PREFIX", "celery-flow-bench-memory")
-
-app = Celery("bench_memory", broker=REDIS_URL)
-app.conf.update(
-    task_default_queue=PREFIX,
-    broker_connection_retry_on_startup=True,
-    task_serializer="json",
-    accept_content=["json"],
-    task_ignore_result=True,
-)
-flow = Flow(app, redis_url=REDIS_URL, prefix=PREFIX)
+app, flow = results_only_app("bench_memory", "celery-flow-bench-memory")
+REDIS_URL, PREFIX = flow.redis_url, flow.prefix
 WAIT_SECONDS = 3600.0  # waiting runs park far longer than the benchmark lasts
 
 

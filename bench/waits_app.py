@@ -18,26 +18,14 @@ Workflows (no plain Celery task, no result backend is needed: results live in ce
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
-from celery import Celery
+from bench._common import results_only_app
+from celery_flow import Context
 
-from celery_flow import Context, Flow
-
-REDIS_URL = os.environ.get("CELERY_FLOW_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
-PREFIX = os.environ.get("CELERY_FLOW_BENCH_PREFIX", "celery-flow-bench-waits")
-
-app = Celery("bench_waits", broker=REDIS_URL)
-app.conf.update(
-    task_default_queue=PREFIX,
-    broker_connection_retry_on_startup=True,
-    task_serializer="json",
-    accept_content=["json"],
-    task_ignore_result=True,
-)
-flow = Flow(app, redis_url=REDIS_URL, prefix=PREFIX)
+app, flow = results_only_app("bench_waits", "celery-flow-bench-waits")
+REDIS_URL, PREFIX = flow.redis_url, flow.prefix
 
 
 @flow.workflow(name="nap")
