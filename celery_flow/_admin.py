@@ -22,7 +22,7 @@ from .errors import RunNotFound, RunStateError, StepNotFound
 if TYPE_CHECKING:
     from ._flow import Flow
 
-_PURGE_BATCH = 500
+PURGE_BATCH = 500
 
 
 def list_runs(
@@ -237,12 +237,12 @@ def purge_runs(flow: Flow, older_ms: int, *, max_batches: int | None = None) -> 
         batches = 0
         while max_batches is None or batches < max_batches:
             batches += 1
-            ids, _, now = store.due(store.keys.status(status), _PURGE_BATCH, older_ms)
+            ids, _, now = store.due(store.keys.status(status), PURGE_BATCH, older_ms)
             fresh = [i for i in ids if i not in seen]
             if not fresh:  # a batch that cannot be deleted would come back forever: stop
                 break
             seen.update(fresh)
             total += store.purge(fresh, now - older_ms)
-            if len(ids) < _PURGE_BATCH:
+            if len(ids) < PURGE_BATCH:
                 break
     return total

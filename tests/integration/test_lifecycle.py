@@ -356,6 +356,35 @@ def test_terminal_runs_expire_after_retention_and_purge_cleans_the_indexes(
     assert not flow.store.redis.exists(keys.run(handle.id))
 
 
+def test_the_workers_purge_drains_a_backlog_of_several_batches_in_seconds(
+    flow_redis_url, flow_prefix
+):
+    from celery_flow._admin import PURGE_BATCH
+    from celery_flow.testing import start_flow_worker
+
+    app = make_celery(flow_redis_url, flow_prefix)
+    flow = Flow(app, redis_url=flow_redis_url, prefix=flow_prefix, retention=timedelta(seconds=1))
+
+    @flow.workflow()
+    def noop(ctx):
+        return 1
+
+    # Given 2.2 batches of terminal runs past retention (scheduled then canceled: no messages)
+    count = PURGE_BATCH * 2 + PURGE_BATCH // 5
+    for _ in range(count):
+        flow.cancel(noop.run(delay=3600).id)
+    canceled = flow.store.keys.status("canceled")
+    assert flow.store.redis.zcard(canceled) == count
+    time.sleep(1.1)
+
+    # When a worker's maintenance loop runs (it purges one batch per status per pass)
+    with start_flow_worker(app):
+        # Then the backlog is gone within seconds, not one batch a minute
+        eventually(lambda: flow.store.redis.zcard(canceled) == 0, timeout=15, what="the purge")
+    assert flow.maintenance.counters["purged"] == count
+    assert not list(flow.store.redis.scan_iter(f"{flow_prefix}:run:*", count=1000))
+
+
 def test_every_transition_keeps_the_run_in_exactly_one_status_index(env):
     @env.flow.workflow(retries=Retries(max_attempts=2, base_delay=0.01))
     def flaky(ctx):
