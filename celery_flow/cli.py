@@ -3,7 +3,8 @@
 Celery loads the ``flow`` group from the ``celery.commands`` entry point; the standalone
 ``celery-flow --app proj <command>`` script runs the same group. Each command finds the app's
 Flow (``app.celery_flow``), calls the public Flow API and prints a table, or JSON with
-``--json``. Any error exits non-zero with one line on stderr (``Error: ...``).
+``--json`` (both built in ``_cli_format``). Any error exits non-zero with one line on stderr
+(``Error: ...``).
 
 Shell completion is click's: ``eval "$(_CELERY_COMPLETE=bash_source celery)"``.
 See docs/cli.md for every command with an example.
@@ -18,19 +19,18 @@ import logging
 import re
 import signal
 import sys
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import click
 
+from ._cli_format import describe, echo_json, one_line, registry, registry_text, runs_table
 from ._keys import STATUSES
 from .errors import FlowError
 
 if TYPE_CHECKING:
     from ._flow import Flow
-    from ._models import RunInfo
 
 _INSTALL_DASHBOARD = "pip install 'celery-flow[dashboard]'"
 
@@ -47,7 +47,7 @@ class FlowGroup(click.Group):
             return super().invoke(ctx)
         except click.UsageError as exc:
             where = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
-            raise _UsageError(_one_line(exc.format_message()) + where) from None
+            raise _UsageError(one_line(exc.format_message()) + where) from None
 
 
 @click.group(name="flow", cls=FlowGroup)
@@ -71,10 +71,6 @@ def main(argv: list[str] | None = None) -> Any:
 
 
 # -- plumbing ---------------------------------------------------------------------------------
-
-
-def _one_line(message: object) -> str:
-    return " ".join(part.strip() for part in str(message).splitlines() if part.strip())
 
 
 def _get_flow(ctx: click.Context) -> Flow:
@@ -102,7 +98,7 @@ def _with_flow(fn: Callable[..., None]) -> Callable[..., None]:
         except click.ClickException:
             raise
         except (FlowError, ValueError, LookupError, TimeoutError) as exc:
-            raise click.ClickException(_one_line(exc) or type(exc).__name__) from exc
+            raise click.ClickException(one_line(exc) or type(exc).__name__) from exc
 
     return wrapper
 
@@ -127,43 +123,6 @@ def _parse_age(value: str, option: str) -> timedelta:
     return timedelta(**{unit: float(m.group(1))})
 
 
-def _echo_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, ensure_ascii=False))
-
-
-def _dt(value: datetime | None) -> str:
-    return "-" if value is None else value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") + "Z"
-
-
-def _secs(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 1:
-        return f"{seconds * 1000:.0f}ms"
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, sec = divmod(int(seconds), 60)
-    hours, minute = divmod(minutes, 60)
-    return f"{minutes}m{sec:02d}s" if not hours else f"{hours}h{minute:02d}m"
-
-
-def _span(start: datetime | None, end: datetime | None) -> float | None:
-    return None if start is None or end is None else (end - start).total_seconds()
-
-
-def _short(value: Any, width: int = 70) -> str:
-    text = json.dumps(value, ensure_ascii=False)
-    return text if len(text) <= width else text[: width - 3] + "..."
-
-
-def _table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
-    return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-        for row in [headers, *rows]
-    )
-
-
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 
 
@@ -178,90 +137,14 @@ def workflows_command(flow: Flow, as_json: bool) -> None:
 
     2 round trips (cron status) + 1 per workflow with max_concurrency or rate_limit.
     """
-    rows = _registry(flow)
+    rows = registry(flow)
     if as_json:
-        _echo_json(rows)
+        echo_json(rows)
         return
     if not rows:
         click.echo("no workflows registered (import the modules that define them in the app)")
         return
-    table = [
-        [
-            r["name"],
-            r["queue"],
-            str(r["max_concurrency"] or "-"),
-            r["rate_limit"] or "-",
-            _gate_text(r),
-            ", ".join(f"{c['expression']} {c['timezone']} -> {_iso_text(c)}" for c in r["cron"])
-            or "-",
-        ]
-        for r in rows
-    ]
-    head = ["WORKFLOW", "QUEUE", "MAX", "RATE", "RUNNING/WAITING", "CRON -> NEXT FIRE"]
-    click.echo(_table(head, table))
-    crons = [c for r in rows for c in r["cron"]]
-    if crons:
-        leader = next((c["leader"] for c in crons if c["leader"]), None)
-        click.echo(f"cron leader: {leader or 'none (no worker or scheduler is running)'}")
-
-
-def _gate_text(row: dict[str, Any]) -> str:
-    if row["limit_key"] == "<callable>":
-        return "per input"  # one gate per key the callable returns
-    gate = row["gate"]
-    return "-" if gate is None else f"{gate['running']}/{gate['waiting']}"
-
-
-def _iso_text(cron: dict[str, Any]) -> str:
-    at = cron["next_fire_at"]
-    return "never" if at is None else _dt(datetime.fromisoformat(at))
-
-
-def _registry(flow: Flow) -> list[dict[str, Any]]:
-    from ._cron import compile_spec, entry_id, next_fire
-
-    status = {c.id: c for c in flow.cron_status()}
-    out = []
-    for wf in sorted(flow.workflows.values(), key=lambda w: w.name):
-        key = wf.resolve_limit_key_static()
-        gate = None
-        if key and (wf.max_concurrency or wf.rate_limit):
-            g = flow.gate_status(key)
-            nxt = g.next_start_at.isoformat() if g.next_start_at else None
-            gate = {"key": key, "running": len(g.holders), "waiting": g.waiting, "next": nxt}
-        crons = []
-        for c in wf.cron:
-            eid = c.id or entry_id(wf.name, c.expression, c.timezone)
-            st = status.get(eid)
-            if st is not None:
-                at = st.next_fire_at
-            else:  # not synced yet (no worker started): what a leader would compute now
-                sec = next_fire(compile_spec(c.expression, c.timezone), time.time())
-                at = None if sec is None else datetime.fromtimestamp(sec, UTC)
-            crons.append(
-                {
-                    "id": eid,
-                    "expression": c.expression,
-                    "timezone": c.timezone,
-                    "next_fire_at": at.isoformat() if at else None,
-                    "leader": st.leader if st else None,
-                    "synced": st is not None,
-                }
-            )
-        out.append(
-            {
-                "name": wf.name,
-                "queue": wf.queue or flow.app.conf.task_default_queue,
-                "max_concurrency": wf.max_concurrency,
-                "rate_limit": wf.rate_limit,
-                "limit_key": "<callable>" if callable(wf.limit_key) else key,
-                "max_attempts": wf.retries.max_attempts,
-                "timeout": wf.timeout,
-                "gate": gate,
-                "cron": crons,
-            }
-        )
-    return out
+    click.echo(registry_text(rows))
 
 
 @flow.command("runs")
@@ -282,23 +165,12 @@ def runs_command(
     """List runs, newest first. About 2 round trips per page read."""
     page = flow.list_runs(workflow=workflow, status=status, limit=limit, cursor=cursor)
     if as_json:
-        _echo_json(page.model_dump(mode="json"))
+        echo_json(page.model_dump(mode="json"))
         return
     if not page.runs:
         click.echo("no runs")
         return
-    rows = [
-        [
-            r.id,
-            r.workflow,
-            r.status,
-            f"{r.attempt}/{r.max_attempts}",
-            _dt(r.created_at),
-            _secs(_span(r.started_at, r.finished_at)),
-        ]
-        for r in page.runs
-    ]
-    click.echo(_table(["RUN", "WORKFLOW", "STATUS", "ATTEMPT", "CREATED", "DURATION"], rows))
+    click.echo(runs_table(page.runs))
     if page.next_cursor:
         click.echo(f"more: --cursor {page.next_cursor}")
 
@@ -311,51 +183,9 @@ def show_command(flow: Flow, run_id: str, as_json: bool) -> None:
     """One run with its step timeline (offsets from the run's creation). 1 round trip."""
     info = flow.get_run(run_id)
     if as_json:
-        _echo_json(info.model_dump(mode="json"))
+        echo_json(info.model_dump(mode="json"))
         return
-    click.echo("\n".join(_describe(info)))
-
-
-def _describe(info: RunInfo) -> list[str]:
-    lines = [
-        f"run       {info.id}",
-        f"workflow  {info.workflow}   queue {info.queue or '-'}",
-        f"status    {info.status}   attempt {info.attempt}/{info.max_attempts}"
-        + ("   (cancel requested)" if info.cancel_requested and not info.is_terminal else ""),
-        f"created   {_dt(info.created_at)}   started {_dt(info.started_at)}   finished "
-        f"{_dt(info.finished_at)}   ({_secs(_span(info.started_at, info.finished_at))})",
-    ]
-    if info.parent_run_id or info.idempotency_key:
-        lines.append(f"parent    {info.parent_run_id or '-'}   key {info.idempotency_key or '-'}")
-    lines.append(f"input     {_short(info.input)}")
-    if info.status == "succeeded":
-        lines.append(f"output    {_short(info.output)}")
-    if info.progress is not None:
-        p = info.progress
-        total = f"/{p.total:g}" if p.total is not None else ""
-        lines.append(f"progress  {p.current:g}{total}" + (f"  {p.message}" if p.message else ""))
-    if info.error is not None:
-        lines.append(f"error     {info.error.type}: {_one_line(info.error.message)}")
-    if not info.steps:
-        return [*lines, "steps     none"]
-    rows = []
-    for i, s in enumerate(info.steps, 1):
-        offset = _span(info.created_at, s.started_at)
-        error = "" if s.error is None else f"{s.error.type.rsplit('.', 1)[-1]}: {s.error.message}"
-        rows.append(
-            [
-                str(i),
-                s.name,
-                s.kind,
-                s.status,
-                str(s.attempts),
-                "-" if offset is None else "+" + _secs(offset),
-                _secs(_span(s.started_at, s.finished_at)),
-                _one_line(error)[:60],
-            ]
-        )
-    head = ["#", "STEP", "KIND", "STATUS", "ATTEMPTS", "START", "DURATION", "ERROR"]
-    return [*lines, "steps:", *("  " + line for line in _table(head, rows).splitlines())]
+    click.echo("\n".join(describe(info)))
 
 
 # -- acting on runs ---------------------------------------------------------------------------
@@ -389,7 +219,7 @@ def start_command(
             f"run {handle.id} is still {handle.status()} after {timeout}s; it goes on "
             f"(see `flow show {handle.id}`)"
         ) from None
-    _echo_json(output)
+    echo_json(output)
 
 
 @flow.command("cancel")
@@ -468,7 +298,7 @@ def batch_command(flow: Flow, name: str, dry_run: bool, force: bool) -> None:
     handle = batches[name].process(dry_run=dry_run, force=force)
     click.echo(handle.id)
     if dry_run:
-        _echo_json(handle.result(timeout=60))
+        echo_json(handle.result(timeout=60))
 
 
 @flow.command("purge")
@@ -516,7 +346,7 @@ def _dashboard_server() -> Callable[..., Any]:
         return importlib.import_module("celery_flow.dashboard").serve  # type: ignore[no-any-return]
     except (ImportError, AttributeError) as exc:
         raise click.ClickException(
-            f"the dashboard is not available ({_one_line(exc)}): {_INSTALL_DASHBOARD}"
+            f"the dashboard is not available ({one_line(exc)}): {_INSTALL_DASHBOARD}"
         ) from None
 
 
