@@ -13,6 +13,12 @@ order, each as its own step ``compensate:<id>`` (so replay never repeats one), t
 ``on_error`` is delivered (step ``webhook:on_error``) and the run fails with
 :class:`DagStepFailed`, which is not retried. On success ``on_complete`` is delivered
 (step ``webhook:on_complete``) and the run's output is ``{step_id: result}``.
+
+On ``flow.cancel`` the engine's own cancel path undoes a saga: every completed step with a
+compensation is also registered in ``ctx.step.compensations`` (named ``compensate:<id>``),
+which the engine runs newest first when the run ends canceled, in-process for a running run
+and in a replay-only execution for a waiting one (``cancel.lua`` re-queues a run marked
+``compensable``). The failure path above takes its registrations back as it compensates.
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict
 
 from . import _serde
-from ._context import _call, error_dict
+from ._context import _call, _Compensation, error_dict
+from ._control import StopReplay
 from ._definitions import NO_RETRY, Retries, check_name, to_seconds
 from ._fanout import current_flow
 from ._models import ErrorInfo, RunInfo, ms_to_dt, run_info_from_hash
@@ -69,7 +76,7 @@ class DagStep:
         retries: retry policy of this step (default: one attempt).
         timeout: bound on one attempt, in seconds or a timedelta (default 300 s).
         compensation: ``compensation(context, result)`` (or a URL) that undoes this step when
-            a ``saga=True`` DAG fails after it completed.
+            a ``saga=True`` DAG fails or is canceled after it completed.
 
     Examples:
         >>> DagStep("process-payment", charge, depends_on=["reserve-inventory"],
@@ -357,6 +364,7 @@ class _Walk:
         self.flow, self.dag, self.ctx, self.context = flow, dag, ctx, context
         self.results: dict[str, Any] = {}
         self.order: list[str] = []  # completion order: compensations run in its reverse
+        self.undo: dict[str, _Compensation] = {}  # registered for the engine's cancel path
 
     def run(self) -> dict[str, Any]:
         for k, wave in enumerate(self.dag.waves, 1):
@@ -369,6 +377,65 @@ class _Walk:
 
     def _previous(self, step: DagStep) -> dict[str, Any]:
         return {dep: self.results[dep] for dep in step.depends_on}
+
+    def _done(self, sid: str, result: Any) -> None:
+        """A step completed: keep its result and, in a saga, register its undo for cancel.
+
+        The engine runs ``ctx.step.compensations`` when the run ends canceled (or failed),
+        newest ``seq`` first, each once: it records ``compensate:<id>`` as ``compensated``
+        and skips what is recorded so. One the failure path already ran is not registered.
+        """
+        self.results[sid] = result
+        self.order.append(sid)
+        step = self.dag.steps[sid]
+        name = f"compensate:{sid}"
+        done = self.ctx._ex.steps.get(name, {}).get("status") in ("succeeded", "compensated")
+        if not self.dag.saga or step.compensation is None or done:
+            return
+        args = (self.flow, self.dag, sid, self.ctx.run_id, self.context)
+        limit = _seconds(step.timeout)
+
+        def undo(value: Any) -> None:
+            _call(compensate, (*args, value), {}, limit, name)
+
+        self.undo[sid] = _Compensation(len(self.order), name, undo, result)
+        self.ctx.step.compensations.append(self.undo[sid])
+        self._mark_compensable([step])
+
+    def _forget(self, sid: str) -> None:
+        """The failure path handled ``sid``'s compensation: the engine must not run it again."""
+        comp = self.undo.pop(sid, None)
+        if comp is not None:
+            self.ctx.step.compensations.remove(comp)
+
+    def _mark_compensable(self, steps: list[DagStep]) -> None:
+        """Let ``flow.cancel`` of a run that is not running re-queue it to compensate.
+
+        ``cancel.lua`` cancels a waiting or queued run at once unless its hash says
+        ``compensable`` (which ``record_step`` sets for ``compensate=`` steps). Set it once per
+        run (1 round trip) when a step with a compensation completes, or a wave holding one is
+        about to suspend the run.
+        """
+        ex = self.ctx._ex
+        if not self.dag.saga or ex.replay_only or ex.run.get("compensable") == "1":
+            return
+        if any(s.compensation is not None for s in steps):
+            ex.update(compensable="1")
+            ex.run["compensable"] = "1"
+
+    def _finished_in_flight(self, k: int, wave: list[DagStep]) -> None:
+        """Winding down a run canceled while wave ``k`` ran: register its finished steps.
+
+        A step still executing is not stopped; if it finishes after this read, it is not
+        compensated (documented in docs/dag.md).
+        """
+        if not self.dag.saga or all(s.compensation is None for s in wave):
+            return
+        raw = self.flow.store.map_fields(self.ctx.run_id, f"wave:{k}", "r", range(len(wave)))
+        envelopes = [json.loads(r) for r in raw if r is not None]
+        for env in sorted(envelopes, key=lambda e: (e["finished_at"], e["id"])):
+            if "error" not in env:
+                self._done(env["id"], env["result"])
 
     def _single(self, step: DagStep) -> tuple[str, dict[str, Any]] | None:
         try:
@@ -386,8 +453,7 @@ class _Walk:
             )
         except Exception as exc:
             return step.id, error_dict(exc, with_traceback=False)
-        self.results[step.id] = value
-        self.order.append(step.id)
+        self._done(step.id, value)
         return None
 
     def _parallel(self, k: int, wave: list[DagStep]) -> tuple[str, dict[str, Any]] | None:
@@ -401,8 +467,12 @@ class _Walk:
             }
             for s in wave
         ]
+        self._mark_compensable(wave)
         try:
             envelopes = self.ctx.step.map(f"wave:{k}", run_dag_item, items, chunk_size=1)
+        except StopReplay:  # replay-only (canceled while this wave ran): undo what finished
+            self._finished_in_flight(k, wave)
+            raise
         except MapFailed as exc:  # only if an envelope itself could not be stored
             failed = [wave[i].id for i in exc.failed_indexes] or [s.id for s in wave]
             return ", ".join(failed), error_dict(exc, with_traceback=False)
@@ -410,8 +480,7 @@ class _Walk:
             return ", ".join(s.id for s in wave), error_dict(exc, with_traceback=False)
         for env in sorted(envelopes, key=lambda e: (e["finished_at"], e["id"])):
             if "error" not in env:
-                self.results[env["id"]] = env["result"]
-                self.order.append(env["id"])
+                self._done(env["id"], env["result"])
         failed_envs = [e for e in envelopes if "error" in e]
         if not failed_envs:
             return None
@@ -443,6 +512,7 @@ class _Walk:
                     compensated.append(sid)
                 except Exception as exc:
                     comp_errors.append({"step": sid, **error_dict(exc, with_traceback=False)})
+                self._forget(sid)  # a cancel from here on leaves the rest to the engine
         message = f"DAG {self.dag.name!r} step {label} failed: {error['type']}: {error['message']}"
         if self.dag.saga:
             message += f"; compensated: {', '.join(compensated) or 'nothing'}"
@@ -464,7 +534,7 @@ class _Walk:
     def _notify(self, target: Any, label: str, body: dict[str, Any]) -> str | None:
         if target is None:
             return None
-        payload = {"run_id": self.ctx.run_id, "dag": self.dag.name, **body}
+        payload = {"run_id": self.ctx.run_id, "dag": self.dag.name, "context": self.context, **body}
         try:
             self.ctx.step.run(
                 f"webhook:{label}", deliver, self.flow, target, payload, retries=WEBHOOK_RETRIES
@@ -718,10 +788,11 @@ def _dag_steps(
     for name, rec in records.items():
         sid = name.removeprefix("compensate:")
         if name.startswith("compensate:") and sid in found:
-            if rec["status"] == "succeeded":
+            # "succeeded": the failure path's step; "compensated": the engine's (cancel)
+            if rec["status"] in ("succeeded", "compensated"):
                 found[sid]["state"] = "compensated"
-            elif rec.get("error"):
-                error = dict(rec["error"])
+            elif rec.get("error") or rec.get("compensation_error"):
+                error = dict(rec.get("error") or rec["compensation_error"])
                 error["message"] = f"compensation failed: {error.get('message', '')}"
                 found[sid]["error"] = error
     idle: DagStepState = "skipped" if info.is_terminal else "pending"

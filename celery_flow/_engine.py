@@ -297,7 +297,10 @@ class Execution:
             raise LostOwnership(self.run_id)
 
     def _compensate(self, comp: _Compensation) -> None:
-        rec = dict(self.steps[comp.name])
+        # flow.dag registers its compensations under their own name (compensate:<step id>),
+        # which has no record yet: this writes one (status failed until the call succeeds)
+        fresh = {"kind": "run", "status": "failed", "attempts": 1, "started_at": now_ms()}
+        rec = dict(self.steps.get(comp.name) or fresh)
         for attempt in range(1, _COMPENSATION_ATTEMPTS + 1):
             try:
                 comp.fn(comp.output)

@@ -6,13 +6,14 @@ handlers; the URL form of the order chain and the webhooks are in test_webhooks.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from typing import Any
 
 import pytest
 
-from celery_flow import DagStep, InputValidationError, RunFailed, WorkflowStatus
+from celery_flow import DagStep, InputValidationError, RunCanceled, RunFailed, WorkflowStatus
 from celery_flow.testing import eventually
 
 
@@ -481,3 +482,198 @@ def test_celery_tasks_are_step_handlers_alone_and_in_a_parallel_wave(env):
 
     # Then both kinds of handler gave their results
     assert results == {"seed": 4, "x": 40, "y": 5}
+
+
+# -- flow.cancel of a DAG run: the saga's compensations run on cancel too ------------------------
+
+
+def undoable(journal: Journal, name: str, result: Any) -> DagStep:
+    """A step returning ``result`` whose compensation journals ``undo-<name>`` with its input."""
+    return DagStep(
+        name,
+        step(journal, name, result),
+        compensation=lambda c, r: journal.add(f"undo-{name}:{c['order']}:{r}"),
+    )
+
+
+def test_cancel_of_a_running_saga_compensates_the_completed_steps_newest_first(env):
+    # Given a saga whose charge step blocks until the test lets it finish
+    journal = Journal()
+    charging, proceed = threading.Event(), threading.Event()
+
+    def charge(context, previous):
+        journal.add("charge")
+        charging.set()
+        proceed.wait(10)
+        return 500
+
+    errors: list[dict[str, Any]] = []
+    steps = [
+        undoable(journal, "reserve", 2),
+        DagStep(
+            "charge",
+            charge,
+            depends_on=["reserve"],
+            compensation=lambda c, r: journal.add(f"undo-charge:{c['order']}:{r}"),
+        ),
+        DagStep("ship", step(journal, "ship"), depends_on=["charge"], compensation=print),
+    ]
+    saga = env.flow.dag("cancel-saga", steps=steps, saga=True, on_error=errors.append)
+
+    # When it is canceled while charge runs (the cancel takes effect at the next step boundary)
+    with env.worker():
+        handle = saga.run(context={"order": "o1"})
+        assert charging.wait(10)
+        assert env.flow.cancel(handle.id, reason="customer changed their mind")
+        proceed.set()
+        with pytest.raises(RunCanceled, match="customer changed their mind"):
+            handle.result(timeout=30)
+
+    # Then charge and reserve were undone once each, newest first, and ship never ran
+    assert journal.events == ["reserve", "charge", "undo-charge:o1:500", "undo-reserve:o1:2"]
+    status = env.flow.get_status(handle.id)
+    assert status.state == "canceled"
+    assert {s.id: s.state for s in status.steps} == {
+        "reserve": "compensated",
+        "charge": "compensated",
+        "ship": "skipped",
+    }
+    recorded = {s.name: s.status for s in env.flow.get_run(handle.id).steps}
+    assert recorded["compensate:charge"] == recorded["compensate:reserve"] == "compensated"
+    assert errors == []  # on_error is for failures; a canceled run does not deliver it
+
+
+def test_cancel_while_a_parallel_wave_runs_compensates_its_finished_steps_too(env):
+    # Given a saga whose second wave has a fast step and one blocked on a gate
+    journal = Journal()
+    gate = threading.Event()
+
+    def slow(context, previous):
+        gate.wait(20)
+        return "slow"
+
+    steps = [
+        undoable(journal, "start", 1),
+        DagStep(
+            "fast",
+            step(journal, "fast", 2),
+            depends_on=["start"],
+            compensation=lambda c, r: journal.add(f"undo-fast:{c['order']}:{r}"),
+        ),
+        DagStep("slow", slow, depends_on=["start"]),
+        DagStep("after", step(journal, "after"), depends_on=["fast", "slow"]),
+    ]
+    saga = env.flow.dag("cancel-wave-saga", steps=steps, saga=True)
+
+    with env.worker(concurrency=4):
+        handle = saga.run(context={"order": "o2"})
+
+        def half_done():
+            st = env.flow.get_status(handle.id)
+            states = {s.id: s.state for s in st.steps}
+            return st.state == "waiting" and states["fast"] == "completed" and st
+
+        eventually(half_done, timeout=10, what="fast done, the run waiting on slow")
+
+        # When the waiting run is canceled
+        assert env.flow.cancel(handle.id)
+        try:
+            with pytest.raises(RunCanceled):
+                handle.result(timeout=30)
+        finally:
+            gate.set()
+
+    # Then the finished wave step and the first step were undone once each, newest first
+    assert [e for e in journal.events if e.startswith("undo")] == [
+        "undo-fast:o2:2",
+        "undo-start:o2:1",
+    ]
+    assert "after" not in journal.events
+    status = env.flow.get_status(handle.id)
+    assert status.state == "canceled"
+    states = {s.id: s.state for s in status.steps}
+    assert states["start"] == states["fast"] == "compensated" and states["after"] == "skipped"
+
+
+def test_cancel_of_a_dag_without_saga_runs_no_compensation(env):
+    # Given a DAG with compensations but saga=False, blocked in its second step
+    journal = Journal()
+    inside, proceed = threading.Event(), threading.Event()
+
+    def block(context, previous):
+        inside.set()
+        proceed.wait(10)
+        return "b"
+
+    dag = env.flow.dag(
+        "cancel-plain-dag",
+        steps=[
+            undoable(journal, "a", 1),
+            DagStep("b", block, depends_on=["a"], compensation=print),
+            DagStep("c", step(journal, "c"), depends_on=["b"]),
+        ],
+    )
+
+    # When it is canceled
+    with env.worker():
+        handle = dag.run(context={"order": "o3"})
+        assert inside.wait(10)
+        env.flow.cancel(handle.id)
+        proceed.set()
+        with pytest.raises(RunCanceled):
+            handle.result(timeout=30)
+
+    # Then nothing was undone and the completed steps stay completed
+    assert journal.events == ["a"]
+    states = {s.id: s.state for s in env.flow.get_status(handle.id).steps}
+    assert states == {"a": "completed", "b": "completed", "c": "skipped"}
+
+
+# -- on_complete / on_error carry the DAG context ------------------------------------------------
+
+
+def test_hook_payloads_carry_the_context_for_callables_and_signed_urls(flow_redis_url, flow_prefix):
+    # Given DAGs with callable hooks and URL hooks on a local HTTP server
+    from celery_flow import Flow
+    from celery_flow.testing import start_flow_worker
+    from tests.apps.dag_handlers import hook_server
+    from tests.conftest import make_celery
+
+    secret = "hook-secret"
+    app = make_celery(flow_redis_url, flow_prefix)
+    flow = Flow(app, redis_url=flow_redis_url, prefix=flow_prefix, webhook_secret=secret)
+    called: list[dict[str, Any]] = []
+
+    def boom(context, previous):
+        raise ValueError("nope")
+
+    with hook_server(secret) as server:
+        server.routes["/done"] = server.routes["/failed"] = lambda body: (200, {})
+        ok = [DagStep("a", lambda c, p: c["order_id"])]
+        bad = [DagStep("a", boom)]
+        by_callable = flow.dag("hooks-call", ok, on_complete=called.append)
+        fails_callable = flow.dag("hooks-call-err", bad, on_error=called.append)
+        by_url = flow.dag("hooks-url", ok, on_complete=server.url("/done"))
+        fails_url = flow.dag("hooks-url-err", bad, on_error=server.url("/failed"))
+
+        # When each runs
+        with start_flow_worker(app, pool="threads", concurrency=4):
+            handles = {}
+            for dag in (by_callable, fails_callable, by_url, fails_url):
+                handles[dag.name] = dag.run(context={"order_id": dag.name})
+            for h in handles.values():
+                with contextlib.suppress(RunFailed):
+                    h.result(timeout=30)
+
+        # Then every payload names the run and carries its context
+        bodies = [*called, *(r.body for r in server.received)]
+        assert all(r.verified for r in server.received) and len(server.received) == 2
+        assert sorted((b["dag"], b["state"]) for b in bodies) == [
+            ("hooks-call", "completed"),
+            ("hooks-call-err", "failed"),
+            ("hooks-url", "completed"),
+            ("hooks-url-err", "failed"),
+        ]
+        for body in bodies:
+            assert body["context"] == {"order_id": body["dag"]}
+            assert body["run_id"] == handles[body["dag"]].id
