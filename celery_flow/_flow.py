@@ -620,8 +620,9 @@ class Flow:
         gets ``(context, previous_steps)``. With ``saga=True`` a failed step makes the completed
         steps' compensations run in reverse completion order. ``on_complete`` / ``on_error``
         are URLs (signed POST, retried on 5xx) or ``callable(payload: dict)``; the payload is
-        ``{"run_id", "dag", "state", "results"}`` (plus ``"error"``, ``"compensated"`` and
-        ``"compensation_errors"`` on error). URLs need ``Flow(webhook_secret=...)``.
+        ``{"run_id", "dag", "context", "state", "results"}`` (plus ``"error"``,
+        ``"compensated"`` and ``"compensation_errors"`` on error). URLs need
+        ``Flow(webhook_secret=...)``.
 
         Raises:
             WorkflowDefinitionError: duplicate ids, unknown or self dependencies, a cycle, a

@@ -113,6 +113,7 @@ def test_the_url_order_chain_posts_signed_requests_and_calls_on_complete(web):
     assert len(done) == 2 and done[-1].body == {
         "run_id": handle.id,
         "dag": "order-processing",
+        "context": context,
         "state": "completed",
         "results": results,
     }
