@@ -6,7 +6,8 @@ list is frozen by ``tests/unit/test_public_api.py``.
 
 from ._batch import Batch, BatchProgress, Page
 from ._context import Context, Steps
-from ._dag import DagStep, DagStepStatus, WorkflowStatus
+from ._dag import DagStep
+from ._dag_status import DagStepStatus, WorkflowStatus
 from ._definitions import Cron, Retries
 from ._engine import FailureContext
 from ._flow import Flow

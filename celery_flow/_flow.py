@@ -40,7 +40,8 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from ._dag import Dag, DagStep, DagWorkflow, WorkflowStatus
+    from ._dag import Dag, DagStep, DagWorkflow
+    from ._dag_status import WorkflowStatus
 
 R = TypeVar("R")
 logger = logging.getLogger("celery_flow")
@@ -636,7 +637,7 @@ class Flow:
             ... ], saga=True, on_error="https://app.example/hooks/failed")
             >>> order.run(context={"order_id": "o1"}).result(timeout=60)["ship"]
         """
-        from ._dag import build_dag
+        from ._dag_run import build_dag
 
         return build_dag(
             self,
@@ -661,6 +662,6 @@ class Flow:
             >>> status.state, status.completed_steps, status.steps[0].attempts
             ('running', ['validate'], 1)
         """
-        from ._dag import get_status
+        from ._dag_status import get_status
 
         return get_status(self, run_id)
