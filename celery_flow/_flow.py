@@ -601,7 +601,7 @@ class Flow:
         """
         return _admin.cancel(self, run_id, reason)
 
-    # -- DAG and saga workflows (implemented in _dag.py) --------------------------------------
+    # -- DAG and saga workflows (_dag.py, _dag_run.py, _dag_status.py) ------------------------
 
     def dag(
         self,
