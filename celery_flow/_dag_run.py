@@ -43,7 +43,7 @@ from ._dag import (
 )
 from ._definitions import Retries
 from ._webhooks import is_http_url, post_json
-from .errors import DagStepFailed, FlowError, MapFailed, WorkflowDefinitionError
+from .errors import DagStepFailed, FlowError, MapFailed, RunTimeout, WorkflowDefinitionError
 
 if TYPE_CHECKING:
     from ._context import Context
@@ -268,6 +268,10 @@ class _Walk:
                         timeout=step.timeout,
                     )
                     compensated.append(sid)
+                except RunTimeout:
+                    # the step boundary refused to start it (the run passed its timeout): the
+                    # engine compensates what is still registered when the run ends failed
+                    raise
                 except Exception as exc:
                     comp_errors.append({"step": sid, **error_dict(exc, with_traceback=False)})
                 self._forget(sid)  # a cancel from here on leaves the rest to the engine

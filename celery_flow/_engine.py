@@ -297,10 +297,15 @@ class Execution:
             raise LostOwnership(self.run_id)
 
     def _compensate(self, comp: _Compensation) -> None:
-        # flow.dag registers its compensations under their own name (compensate:<step id>),
-        # which has no record yet: this writes one (status failed until the call succeeds)
-        fresh = {"kind": "run", "status": "failed", "attempts": 1, "started_at": now_ms()}
-        rec = dict(self.steps.get(comp.name) or fresh)
+        rec = dict(self.steps.get(comp.name) or {})
+        fresh = not rec
+        if fresh:
+            # flow.dag registers its compensations under their own name (compensate:<step id>),
+            # which has no record yet: write a whole one, listed after every earlier step
+            started = now_ms()
+            seq = max((int(r.get("seq", 0)) for r in self.steps.values()), default=0) + 1
+            rec = {"kind": "run", "status": "failed", "seq": seq, "attempts": 1}
+            rec.update(started_at=started, finished_at=started)
         for attempt in range(1, _COMPENSATION_ATTEMPTS + 1):
             try:
                 comp.fn(comp.output)
@@ -318,10 +323,13 @@ class Execution:
                         "compensation of step %r gave up; fix and compensate by hand", comp.name
                     )
                     self._write_step(comp.name, json.dumps(rec), False)
+                    self.steps[comp.name] = rec
                     return
                 time.sleep(0.1 * 2 ** (attempt - 1))
                 continue
             rec.update(status="compensated", compensated_at=now_ms())
+            if fresh:
+                rec.update(attempts=attempt, finished_at=rec["compensated_at"])
             self._write_step(comp.name, json.dumps(rec), False)
             self.steps[comp.name] = rec
             return

@@ -13,7 +13,14 @@ from typing import Any
 
 import pytest
 
-from celery_flow import DagStep, InputValidationError, RunCanceled, RunFailed, WorkflowStatus
+from celery_flow import (
+    DagStep,
+    InputValidationError,
+    NonRetriableError,
+    RunCanceled,
+    RunFailed,
+    WorkflowStatus,
+)
 from celery_flow.testing import eventually
 
 
@@ -538,9 +545,44 @@ def test_cancel_of_a_running_saga_compensates_the_completed_steps_newest_first(e
         "charge": "compensated",
         "ship": "skipped",
     }
-    recorded = {s.name: s.status for s in env.flow.get_run(handle.id).steps}
-    assert recorded["compensate:charge"] == recorded["compensate:reserve"] == "compensated"
+    recorded = env.flow.get_run(handle.id).steps
+    # the engine's compensation records are whole steps, listed after the steps they undo
+    assert [(s.name, s.status) for s in recorded] == [
+        ("reserve", "succeeded"),
+        ("charge", "succeeded"),
+        ("compensate:charge", "compensated"),
+        ("compensate:reserve", "compensated"),
+    ]
+    assert all(s.finished_at is not None and s.attempts == 1 for s in recorded)
+    assert recorded[2].started_at >= recorded[1].finished_at
     assert errors == []  # on_error is for failures; a canceled run does not deliver it
+
+
+def test_a_saga_past_its_timeout_still_compensates_its_completed_steps(env):
+    # Given a saga with a 1 s timeout whose second step fails after the deadline passed
+    journal = Journal()
+
+    def late_failure(context, previous):
+        time.sleep(1.2)
+        raise NonRetriableError("carrier down")
+
+    steps = [
+        undoable(journal, "reserve", 2),
+        DagStep("ship", late_failure, depends_on=["reserve"]),
+    ]
+    saga = env.flow.dag("late-saga", steps=steps, saga=True, timeout=1)
+
+    # When it runs
+    with env.worker():
+        handle = saga.run(context={"order": "o9"})
+        with pytest.raises(RunFailed) as failed:
+            handle.result(timeout=30)
+
+    # Then it fails on its timeout, and the reservation is still undone (once)
+    assert failed.value.error.type == "celery_flow.errors.RunTimeout"
+    assert journal.events == ["reserve", "undo-reserve:o9:2"]
+    states = {s.id: s.state for s in env.flow.get_status(handle.id).steps}
+    assert states["reserve"] == "compensated"
 
 
 def test_cancel_while_a_parallel_wave_runs_compensates_its_finished_steps_too(env):
