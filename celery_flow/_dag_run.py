@@ -158,7 +158,6 @@ class _Walk:
 
         self.undo[sid] = _Compensation(len(self.order), name, undo, result)
         self.ctx.step.compensations.append(self.undo[sid])
-        self._mark_compensable([step])
 
     def _forget(self, sid: str) -> None:
         """The failure path handled ``sid``'s compensation: the engine must not run it again."""
@@ -171,8 +170,8 @@ class _Walk:
 
         ``cancel.lua`` cancels a waiting or queued run at once unless its hash says
         ``compensable`` (which ``record_step`` sets for ``compensate=`` steps). Set it once per
-        run (1 round trip) when a step with a compensation completes, or a wave holding one is
-        about to suspend the run.
+        run (1 round trip) before the first step or wave holding a compensation starts, so no
+        crash between a step's record and the flag can leave a completed step un-undoable.
         """
         ex = self.ctx._ex
         if not self.dag.saga or ex.replay_only or ex.run.get("compensable") == "1":
@@ -196,6 +195,7 @@ class _Walk:
                 self._done(env["id"], env["result"])
 
     def _single(self, step: DagStep) -> tuple[str, dict[str, Any]] | None:
+        self._mark_compensable([step])
         try:
             value = self.ctx.step.run(
                 step.id,
