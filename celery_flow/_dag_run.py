@@ -189,7 +189,10 @@ class _Walk:
         if not self.dag.saga or all(s.compensation is None for s in wave):
             return
         raw = self.flow.store.map_fields(self.ctx.run_id, f"wave:{k}", "r", range(len(wave)))
-        envelopes = [json.loads(r) for r in raw if r is not None]
+        self._done_in_order([json.loads(r) for r in raw if r is not None])
+
+    def _done_in_order(self, envelopes: list[dict[str, Any]]) -> None:
+        """Record a wave's succeeded steps in their completion order (compensation order)."""
         for env in sorted(envelopes, key=lambda e: (e["finished_at"], e["id"])):
             if "error" not in env:
                 self._done(env["id"], env["result"])
@@ -236,9 +239,7 @@ class _Walk:
             return ", ".join(failed), error_dict(exc, with_traceback=False)
         except FlowError as exc:  # e.g. the items are over max_payload_bytes
             return ", ".join(s.id for s in wave), error_dict(exc, with_traceback=False)
-        for env in sorted(envelopes, key=lambda e: (e["finished_at"], e["id"])):
-            if "error" not in env:
-                self._done(env["id"], env["result"])
+        self._done_in_order(envelopes)
         failed_envs = [e for e in envelopes if "error" in e]
         if not failed_envs:
             return None

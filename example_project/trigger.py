@@ -86,6 +86,14 @@ def describe(info: dict[str, Any]) -> str:
     return json.dumps(info.get("output"), default=str)[:100]
 
 
+def waits_for_approval(info: dict[str, Any]) -> bool:
+    """The run (JSON of ``GET /runs/<id>``) is parked in ``wait_for_event(..., "approval")``."""
+    return info["status"] == "waiting" and any(
+        s["kind"] == "event" and s["status"] == "waiting" and s.get("event_type") == "approval"
+        for s in info.get("steps", [])
+    )
+
+
 def follow(base: str, runs: list[Tracked], timeout: float, poll: float = 0.25) -> None:
     """Poll every run until all are terminal (or ``timeout``), approving waiting approvals."""
     deadline = time.monotonic() + timeout
@@ -107,7 +115,7 @@ def follow(base: str, runs: list[Tracked], timeout: float, poll: float = 0.25) -
                     extra = f" ({progress['current']:g}/{progress['total']:g})"
                 print(f"  {r.key:<18} {r.run_id}  {r.status} -> {status}{extra}", flush=True)
                 r.status = status
-            if r.approval and not r.approved and status == "waiting":
+            if r.approval and not r.approved and waits_for_approval(info):
                 call(
                     "POST", f"{base}/runs/{r.run_id}/approval", {"approved": True, "by": "trigger"}
                 )

@@ -28,8 +28,11 @@ from typing import Any
 
 from celery_flow import Context, DagStep
 from celery_flow.testing import start_flow_worker
+from example_project.trigger import waits_for_approval
 
 from .conftest import ExampleProject
+
+waiting_for_event = waits_for_approval  # parked in wait_for_event(..., "approval") (RunInfo JSON)
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "example_project.django_site.settings")
 
@@ -145,14 +148,6 @@ def make_front(name: str, *, enforce_csrf: bool = False) -> Front:
 
 
 # -- the run states and records the tests read --------------------------------------------------
-
-
-def waiting_for_event(info: dict[str, Any], event_type: str = "approval") -> bool:
-    """Whether the run (``RunInfo`` JSON) is suspended in ``wait_for_event(..., event_type)``."""
-    return info["status"] == "waiting" and any(
-        s["kind"] == "event" and s["status"] == "waiting" and s["event_type"] == event_type
-        for s in info["steps"]
-    )
 
 
 def deliveries(example: ExampleProject) -> list[dict[str, Any]]:
