@@ -224,11 +224,15 @@ def _parse_cursor(cursor: str | None) -> tuple[float | None, str | None]:
     return float(score), rid
 
 
-def purge_runs(flow: Flow, older_ms: int, *, max_batches: int | None = None) -> int:
+def purge_runs(
+    flow: Flow, older_ms: int, *, max_batches: int | None = None, backlog: list[str] | None = None
+) -> int:
     """Delete terminal runs finished more than ``older_ms`` ago; returns how many.
 
     Works in batches of 500 per terminal status (3 round trips each); ``max_batches`` bounds
     the batches per status (the maintenance loop takes one per pass, so it never stalls).
+    The statuses that stopped at ``max_batches`` with a full batch (more may be due) are
+    appended to ``backlog`` when given.
     """
     store = flow.store
     total = 0
@@ -245,4 +249,7 @@ def purge_runs(flow: Flow, older_ms: int, *, max_batches: int | None = None) -> 
             total += store.purge(fresh, now - older_ms)
             if len(ids) < PURGE_BATCH:
                 break
+        else:
+            if backlog is not None:
+                backlog.append(status)
     return total

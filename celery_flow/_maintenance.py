@@ -17,7 +17,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from ._admin import PURGE_BATCH, purge_runs
+from ._admin import purge_runs
 from .errors import FlowConnectionError
 
 if TYPE_CHECKING:
@@ -36,6 +36,7 @@ class Maintenance:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.purge_backlog = False  # the last purge pass left a full batch: run again soon
         self.counters = {
             "promoted": 0,
             "recovered": 0,
@@ -109,10 +110,12 @@ class Maintenance:
         """Delete terminal runs older than the retention period, index entries included.
 
         One batch per terminal status per pass, so a large backlog never stalls the timers;
-        while a pass deletes a full batch or more, the next pass follows one second later
+        while a pass leaves a status with a full batch, the next pass follows one second later
         instead of a minute, so purging keeps pace with hundreds of finished runs a second.
         """
-        total = purge_runs(self.flow, self.flow.retention_ms, max_batches=1)
+        backlog: list[str] = []
+        total = purge_runs(self.flow, self.flow.retention_ms, max_batches=1, backlog=backlog)
+        self.purge_backlog = bool(backlog)
         self.counters["purged"] += total
         return total
 
@@ -136,10 +139,9 @@ class Maintenance:
                 now = time.monotonic()
                 for name, job in jobs.items():
                     if now >= due[name]:
-                        done = job()
-                        due[name] = now + every[name]
-                        if name == "purge" and done and done >= PURGE_BATCH:
-                            due[name] = now + 1.0  # a backlog: the next batch a second later
+                        job()
+                        backlog = name == "purge" and self.purge_backlog
+                        due[name] = now + (1.0 if backlog else every[name])
                 if failing:
                     logger.warning("celery_flow maintenance: Redis reachable again")
                 failing = False
