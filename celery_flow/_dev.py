@@ -13,13 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from ._store import redact, redis_url_of
 from .embedded import embedded_redis, pings
 from .errors import ConfigurationError
 
 if TYPE_CHECKING:
     from ._flow import Flow
-
-_REDIS_SCHEMES = ("redis://", "rediss://", "redis+socket://", "unix://")
 
 
 def run_dev(
@@ -80,7 +79,6 @@ def _raise_keyboard_interrupt(*_: Any) -> None:
 
 def _dev_redis(flow: Flow, stack: contextlib.ExitStack) -> str:
     """Pick the dev Redis: the configured one if it answers, else an embedded one."""
-    from ._store import redact
 
     try:
         url: str | None = flow.redis_url
@@ -95,11 +93,11 @@ def _dev_redis(flow: Flow, stack: contextlib.ExitStack) -> str:
     server = stack.enter_context(embedded_redis())
     embedded = server.broker_url
     conf = flow.app.conf
-    if not conf.broker_url or str(conf.broker_url).startswith(_REDIS_SCHEMES):
+    if not conf.broker_url or redis_url_of(str(conf.broker_url)):
         conf.broker_url = embedded
         if os.environ.get("CELERY_BROKER_URL"):  # `celery -b ...` wins over conf: replace it
             os.environ["CELERY_BROKER_URL"] = embedded
-    if str(conf.result_backend or "").startswith(_REDIS_SCHEMES):
+    if redis_url_of(str(conf.result_backend or "")):
         conf.result_backend = embedded
         os.environ.pop("CELERY_RESULT_BACKEND", None)
     flow.use_redis(server.url)  # nothing has connected yet

@@ -30,7 +30,7 @@ from ._lease import Heartbeat
 from ._maintenance import Maintenance
 from ._models import CronStatus, GateStatus, RunInfo, RunPage, run_info_from_hash
 from ._scheduler import Scheduler, cron_status
-from ._store import Claimed, Store, redact
+from ._store import Claimed, Store, redact, redis_url_of
 from ._workflow import UNSET, Workflow, build_workflow
 from .errors import (
     ConfigurationError,
@@ -144,10 +144,7 @@ class Flow:
         url = conf.get("flow_redis_url") or os.environ.get("CELERY_FLOW_REDIS_URL")
         broker = conf.broker_url
         if not url and isinstance(broker, str):
-            if broker.startswith(("redis://", "rediss://", "unix://")):
-                url = broker
-            elif broker.startswith("redis+socket://"):
-                url = "unix://" + broker[len("redis+socket://") :]
+            url = redis_url_of(broker)
         if not url:
             raise ConfigurationError(
                 f"celery_flow needs Redis for run state, and the broker ({redact(str(broker))}) "

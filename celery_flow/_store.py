@@ -62,6 +62,18 @@ def redact(url: str) -> str:
     return url
 
 
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+"""URL schemes redis-py connects to (kombu's ``redis+socket://`` is translated to ``unix://``)."""
+
+
+def redis_url_of(url: str) -> str | None:
+    """``url`` as redis-py spells it (``redis+socket://`` becomes ``unix://``); None if it is
+    not a Redis URL (``amqp://``, ``sentinel://``, ...)."""
+    if url.startswith("redis+socket://"):
+        return "unix://" + url[len("redis+socket://") :]
+    return url if urlsplit(url).scheme in REDIS_SCHEMES else None
+
+
 def make_client(url: str) -> redis.Redis:
     """A redis-py client with bounded timeouts, RESP2 and str responses.
 
@@ -73,9 +85,9 @@ def make_client(url: str) -> redis.Redis:
         ConfigurationError: the URL is not ``redis://``, ``rediss://`` or ``unix://`` (a
             Sentinel URL, say), named with the fix instead of redis-py's bare ValueError.
     """
-    scheme = urlsplit(url).scheme
-    if scheme not in ("redis", "rediss", "unix"):
-        sentinel = "sentinel" in scheme
+    client_url = redis_url_of(url)
+    if client_url is None:
+        sentinel = "sentinel" in urlsplit(url).scheme
         raise ConfigurationError(
             f"celery_flow reaches Redis with a redis://, rediss:// or unix:// URL; got "
             f"{redact(url)!r}. "
@@ -87,7 +99,7 @@ def make_client(url: str) -> redis.Redis:
             )
         )
     return redis.Redis.from_url(
-        url,
+        client_url,
         decode_responses=True,
         protocol=2,
         socket_connect_timeout=2.0,

@@ -141,6 +141,13 @@ def test_a_redis_url_of_another_scheme_is_a_configuration_error_naming_the_fix(u
     assert hint in str(exc.value) and ":pw@" not in str(exc.value)
 
 
+def test_a_redis_socket_url_in_kombus_spelling_is_accepted(tmp_path):
+    from celery_flow._store import make_client
+
+    client = make_client(f"redis+socket://{tmp_path}/redis.sock")
+    assert client.connection_pool.connection_kwargs["path"] == f"{tmp_path}/redis.sock"
+
+
 def test_a_non_redis_broker_without_a_redis_url_is_a_configuration_error():
     app = Celery("amqp-only", broker="amqp://guest@127.0.0.1//", set_as_current=False)
     flow = Flow(app)
