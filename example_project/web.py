@@ -209,12 +209,10 @@ class FlowWeb:
             known = ", ".join(self.examples) or "none"
             return error_reply(404, f"no example {key!r} (known: {known})")
         tag = uuid.uuid4().hex[:6]  # reruns against the same Redis / SQLite never collide
-        reply = self._start(example.workflow, example.make_input(tag), idempotency_key, status_url)
-        if reply.status == 202:
-            data = json.loads(reply.body)
-            data.update(example=key, approval=example.approval)
-            reply = json_reply(202, data)
-        return reply
+        extra = {"example": key, "approval": example.approval}
+        return self._start(
+            example.workflow, example.make_input(tag), idempotency_key, status_url, extra
+        )
 
     def _start(
         self,
@@ -222,6 +220,7 @@ class FlowWeb:
         data: Any,
         idempotency_key: str | None,
         status_url: Callable[[str], str],
+        extra: Mapping[str, Any] | None = None,
     ) -> Reply:
         try:
             # get_workflow raises WorkflowNotFound with the list of known workflows.
@@ -234,10 +233,8 @@ class FlowWeb:
             return error_reply(400, str(exc))
         except FlowConnectionError as exc:
             return error_reply(503, str(exc))
-        return json_reply(
-            202,
-            {"run_id": handle.id, "workflow": handle.workflow, "status_url": status_url(handle.id)},
-        )
+        started = {"run_id": handle.id, "workflow": handle.workflow}
+        return json_reply(202, {**started, "status_url": status_url(handle.id), **(extra or {})})
 
     # -- the status page ----------------------------------------------------------------------
 
