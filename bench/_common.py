@@ -237,6 +237,16 @@ class WorkerSession:
         return self.worker.returncode
 
 
+def drop_keys(r: redis.Redis, prefix: str) -> int:
+    """Delete the benchmark's keys from a shared Redis (its prefix is unique per run)."""
+    n = 0
+    for pattern in (f"{prefix}*", f"_kombu.binding.{prefix}*"):
+        batch = list(r.scan_iter(match=pattern, count=1000))
+        for i in range(0, len(batch), 500):
+            n += int(r.delete(*batch[i : i + 500]))
+    return n
+
+
 @contextlib.contextmanager
 def worker_session(
     pool: str,
@@ -244,13 +254,15 @@ def worker_session(
     env: Mapping[str, str] | None = None,
     app: str = "bench.app",
     name: str = "bench",
+    drop_prefix: bool = False,
 ) -> Iterator[WorkerSession]:
     """A Redis (throwaway unless CELERY_FLOW_BENCH_REDIS_URL), the ``app`` module, one worker.
 
     ``env``: more variables for ``app`` (read at import) and the worker; ``name``: the start
     of the key prefix and of the worker's hostname. On exit the worker stops (warm shutdown),
-    the cleanups run, and its log is read into ``log_lines`` (its last 40 lines go to stderr
-    if the body raised).
+    the cleanups run (with ``drop_prefix``, on a shared Redis, one that deletes every key of
+    the prefix: :func:`drop_keys`), and its log is read into ``log_lines`` (its last 40 lines
+    go to stderr if the body raised).
     """
     prefix = f"{name}-{uuid.uuid4().hex[:8]}"
     with redis_url() as (url, source), tempfile.TemporaryDirectory() as tmp:
@@ -265,6 +277,16 @@ def worker_session(
         hostname = f"{name}-{uuid.uuid4().hex[:6]}@%h"
         worker = start_worker(pool, concurrency, child_env(), logfile, app, hostname)
         session = WorkerSession(url, source, shared, prefix, mod, worker)
+        if shared and drop_prefix:
+
+            def drop() -> None:
+                client = redis.Redis.from_url(url)
+                try:
+                    log(f"deleted {drop_keys(client, prefix)} benchmark keys")
+                finally:
+                    client.close()
+
+            session.cleanups.append(drop)
         ok = False
         try:
             yield session

@@ -336,15 +336,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     clock = RunClock()
     with worker_session(
-        args.pool, args.concurrency, app="bench.bench_memory", name="bench-memory"
+        args.pool,
+        args.concurrency,
+        app="bench.bench_memory",
+        name="bench-memory",
+        drop_prefix=True,
     ) as session:
         bench = Bench(session.mod, session.worker, args)
-        if session.shared:
-            from bench.bench_waits import drop_keys
-
-            session.cleanups.append(
-                lambda: log(f"deleted {drop_keys(bench.r, session.prefix)} benchmark keys")
-            )
         bench.warm_up()
         counts = ("runs", "sample", "warmup")
         config = run_config(args, session, "bench.bench_memory", argv, counts)

@@ -122,16 +122,6 @@ def per_wait(raw: Counter[str], net: Mapping[str, float], n: int) -> dict[str, A
 # -- processes ---------------------------------------------------------------------------------
 
 
-def drop_keys(r: redis.Redis, prefix: str) -> int:
-    """Delete the benchmark's keys from a shared Redis (its prefix is unique per run)."""
-    n = 0
-    for pattern in (f"{prefix}*", f"_kombu.binding.{prefix}*"):
-        batch = list(r.scan_iter(match=pattern, count=1000))
-        for i in range(0, len(batch), 500):
-            n += int(r.delete(*batch[i : i + 500]))
-    return n
-
-
 def loadavg() -> float:
     """1-minute load average (-1 where unavailable)."""
     try:
@@ -605,13 +595,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     clock = LoadClock()
     with worker_session(
-        args.pool, args.concurrency, app="bench.waits_app", name="bench-waits"
+        args.pool, args.concurrency, app="bench.waits_app", name="bench-waits", drop_prefix=True
     ) as session:
         bench = Bench(session.mod, session.worker, args)
-        if session.shared:
-            session.cleanups.append(
-                lambda: log(f"deleted {drop_keys(bench.r, session.prefix)} benchmark keys")
-            )
         bench.warm_up()
         counts = (
             "timer_runs",
